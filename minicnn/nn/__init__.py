@@ -1,0 +1,7 @@
+"""Layers and models' building blocks, with PyTorch's names and semantics."""
+from . import init
+from .activation import GELU, LeakyReLU, ReLU, ReLU6, Sigmoid, Softmax, Tanh
+from .container import Flatten, Identity, ModuleList, Sequential
+from .linear import Linear
+from .module import Module
+from .parameter import Parameter

@@ -1,0 +1,234 @@
+"""Module: the base of every layer and model, with PyTorch's registration rules.
+
+Assigning a :class:`Parameter` or a :class:`Module` to an attribute registers
+it; ``register_buffer`` registers non-learned state (BatchNorm's running
+statistics) that is saved in ``state_dict`` but not returned by
+``parameters()``.  Names are dotted paths (``features.0.weight``), exactly as
+PyTorch names them, so PyTorch state dicts load with renames only.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from ..tensor import Tensor
+from .parameter import Parameter
+
+
+class Module:
+    """Base class.  Subclasses set attributes in ``__init__`` and define ``forward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ---------------------------------------------------------- registration
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                                 f"before assigning {name!r}")
+        if name in self._buffers and (value is None or isinstance(value, np.ndarray)):
+            self._buffers[name] = value
+            return
+        for store in (self._parameters, self._modules, self._buffers):
+            store.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        for store in ("_parameters", "_modules", "_buffers"):
+            d = self.__dict__.get(store)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._modules, self._buffers):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, array):
+        """Register non-learned state (an ndarray, or None) saved in ``state_dict``."""
+        self.__dict__.pop(name, None)
+        self._buffers[name] = None if array is None else np.asarray(array)
+
+    def register_parameter(self, name, param):
+        """Register a Parameter (or None, for e.g. an absent bias)."""
+        if param is None:
+            self._parameters[name] = None
+        else:
+            setattr(self, name, param)
+
+    def add_module(self, name, module):
+        self._modules[name] = module
+
+    # ------------------------------------------------------------- traversal
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for self and every descendant, depth first."""
+        stack = [(prefix, self)]
+        seen = set()
+        while stack:
+            name, mod = stack.pop()
+            if id(mod) in seen:
+                continue
+            seen.add(id(mod))
+            yield name, mod
+            for child_name, child in reversed(mod._modules.items()):
+                if child is not None:
+                    stack.append((f"{name}.{child_name}" if name else child_name, child))
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def children(self):
+        for _, m in self.named_children():
+            yield m
+
+    def named_parameters(self, prefix=""):
+        """(dotted name, Parameter), each shared parameter once."""
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self):
+        for mod_name, mod in self.named_modules():
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode=True):
+        """Set training mode (dropout active, BatchNorm uses batch statistics); returns self."""
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)``."""
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) every parameter; returns self."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # ----------------------------------------------------------------- calls
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            result = hook(self, args, out)
+            if result is not None:
+                out = result
+        return out
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, inputs, output)`` after each forward; a non-None
+        return value replaces the output.  Returns a handle with ``remove()``."""
+        key = object()
+        self._forward_hooks[key] = hook
+        return _HookHandle(self._forward_hooks, key)
+
+    # ----------------------------------------------------------- state dicts
+    def state_dict(self):
+        """Ordered name -> ndarray copy of every parameter and buffer."""
+        sd = OrderedDict()
+        for mod_name, mod in self.named_modules():
+            pre = f"{mod_name}." if mod_name else ""
+            for name, p in mod._parameters.items():
+                if p is not None:
+                    sd[pre + name] = p.data.copy()
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    sd[pre + name] = np.array(b, copy=True)
+        return sd
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays from ``state_dict`` into the parameters and buffers.
+
+        With ``strict`` every key must match and no key may be left over.
+        Shapes must always match.  Errors list every problem at once; nothing
+        is modified unless the whole dict is valid.  Returns (missing, unexpected).
+        """
+        targets = {}
+        for mod_name, mod in self.named_modules():
+            pre = f"{mod_name}." if mod_name else ""
+            for name, p in mod._parameters.items():
+                if p is not None:
+                    targets[pre + name] = (mod, name, "param")
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    targets[pre + name] = (mod, name, "buffer")
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        problems = []
+        for k, (mod, name, kind) in targets.items():
+            if k in state_dict:
+                have = np.shape(mod._parameters[name].data if kind == "param" else mod._buffers[name])
+                got = np.shape(state_dict[k])
+                if have != got:
+                    problems.append(f"  {k}: checkpoint shape {got}, model shape {have}")
+        if strict and missing:
+            problems.append("  missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("  unexpected keys: " + ", ".join(unexpected))
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__} failed:\n" + "\n".join(problems))
+        for k, (mod, name, kind) in targets.items():
+            if k not in state_dict:
+                continue
+            value = np.asarray(state_dict[k])
+            if kind == "param":
+                p = mod._parameters[name]
+                p.data = np.array(value, dtype=p.dtype)
+            else:
+                old = mod._buffers[name]
+                mod._buffers[name] = np.array(value, dtype=np.asarray(old).dtype)
+        return missing, unexpected
+
+    # ------------------------------------------------------------------ repr
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self.named_children()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+class _HookHandle:
+    def __init__(self, hooks, key):
+        self._hooks, self._key = hooks, key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)

@@ -1,0 +1,10 @@
+"""Differentiable operations: one Function per op, forward and backward side by side.
+
+Functional forms follow ``torch.nn.functional``'s names and signatures.
+"""
+from .activation import gelu, leaky_relu, log_softmax, relu, relu6, sigmoid, softmax, tanh
+from .arith import abs, add, astype, clip, div, exp, log, matmul, mul, neg, pow, sqrt, sub, where
+from .linear import linear
+from .loss import binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss
+from .reduce import max, mean, min, sum, var
+from .shape import concatenate, flatten, getitem, pad, reshape, squeeze, stack, transpose, unsqueeze
