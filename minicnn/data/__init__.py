@@ -1,0 +1,18 @@
+"""Datasets, loaders and batch transforms.
+
+Datasets give uint8 images ((N, H, W) grey, (N, C, H, W) colour), int64 labels
+and class names; :class:`DataLoader` turns them into float32 NCHW batches, with
+seeded, vectorized transforms from :mod:`minicnn.data.transforms`.
+"""
+from . import transforms
+from .archive import UnsafeArchiveError, extract_archive
+from .cifar10 import CIFAR10
+from .dataset import ArrayDataset
+from .download import DownloadError, data_root, download
+from .fashion_mnist import FashionMNIST
+from .image_folder import ImageFolder
+from .loader import DataLoader, train_val_split
+
+__all__ = ["ArrayDataset", "CIFAR10", "DataLoader", "DownloadError", "FashionMNIST",
+           "ImageFolder", "UnsafeArchiveError", "data_root", "download", "extract_archive",
+           "train_val_split", "transforms"]
