@@ -1,0 +1,165 @@
+"""ImageFolder: a directory tree of images, one sub-folder per class (Keras's flow_from_directory).
+
+    root/daisy/001.jpg
+    root/daisy/more/002.png      (sub-folders of a class are searched too)
+    root/dandelion/003.jpg
+
+Classes are the sorted names of the non-hidden sub-folders of ``root``; class
+index = position in that list.  Decoding and resizing use Pillow, in a thread
+pool (Pillow releases the GIL while decoding).
+"""
+import hashlib
+import os
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .dataset import ArrayDataset
+from .download import data_root
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+_CACHE_VERSION = b"minicnn-imagefolder-1"
+
+
+def _list_files(root, extensions):
+    """(classes, [(path, class index)], [skipped paths]) for the tree under ``root``."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageFolder: {root} is not a directory")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"ImageFolder: {root} has no class sub-folders")
+    accepted, skipped = [], []
+    for label, name in enumerate(classes):
+        for p in sorted(q for q in (root / name).rglob("*") if q.is_file()):
+            (accepted if p.suffix.lower() in extensions else skipped).append((p, label))
+    return classes, accepted, [p for p, _ in skipped]
+
+
+def _decode(path, size):
+    """RGB uint8 (H, W, 3) of ``path``, resized (bilinear, antialiased) to ``size`` (h, w) if given;
+    an exception object instead if the file cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            if size is not None:
+                im.draft("RGB", (size[1], size[0]))  # JPEG: let the decoder shrink by 2^k first
+            im = im.convert("RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return e
+
+
+def _cache_key(root, files, size, extensions, on_error):
+    """sha1 over the settings and every file's relative path and bytes."""
+    h = hashlib.sha1(_CACHE_VERSION, usedforsecurity=False)
+    h.update(repr((size, sorted(extensions), on_error)).encode())
+    for p, label in files:
+        h.update(f"{label}\0{p.relative_to(root).as_posix()}\0".encode())
+        h.update(hashlib.sha1(p.read_bytes(), usedforsecurity=False).digest())
+    return h.hexdigest()
+
+
+def _short_list(paths, k=3):
+    names = ", ".join(str(p) for p in paths[:k])
+    return names + (", ..." if len(paths) > k else "")
+
+
+class ImageFolder(ArrayDataset):
+    """Images under ``root/<class>/``, decoded to RGB uint8 NCHW (N, 3, H, W).
+
+    size: (h, w) or an int (square) to resize every image to (Pillow bilinear); None
+        requires all images to share one size.
+    extensions: accepted file suffixes (case-insensitive), default IMAGE_EXTENSIONS; other
+        files (a .gif, a README) are skipped with one warning giving their number.
+    on_error: 'raise' (default) raises ValueError naming an unreadable or corrupt image;
+        'skip' leaves such images out, with one warning.
+    cache: None/False for none; True for ``data_root()/imagefolder-cache``; or a directory.
+        The decoded arrays are stored there as ``<sha1>.npz``, the key covering the settings
+        and every file's path and bytes, so a changed folder is decoded afresh.
+    Attributes: images, labels (int64), classes, files (paths, in image order).
+    """
+
+    def __init__(self, root, size=None, extensions=IMAGE_EXTENSIONS, on_error="raise", cache=None):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"ImageFolder: on_error must be 'raise' or 'skip', got {on_error!r}")
+        if size is not None:
+            h, w = (size, size) if np.isscalar(size) else tuple(size)
+            if min(h, w) < 1:
+                raise ValueError(f"ImageFolder: size must be positive, got {size!r}")
+            size = (int(h), int(w))
+        root = Path(root)
+        if isinstance(extensions, str):
+            extensions = (extensions,)
+        extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+        classes, files, skipped = _list_files(root, extensions)
+        if skipped:
+            warnings.warn(f"ImageFolder: skipped {len(skipped)} file(s) that are not images of an "
+                          f"accepted type {extensions}: {_short_list(skipped)}", stacklevel=2)
+        if not files:
+            raise ValueError(f"ImageFolder: no {extensions} images under {root}")
+
+        cache_file = None
+        if cache:
+            folder = data_root() / "imagefolder-cache" if cache is True else Path(cache)
+            cache_file = folder / f"{_cache_key(root, files, size, extensions, on_error)}.npz"
+        loaded = self._load_cache(cache_file)
+        if loaded is None:
+            loaded = self._decode_all(root, files, size, on_error)
+            self._save_cache(cache_file, *loaded)
+        images, labels, kept = loaded
+        super().__init__(images, labels, classes)
+        self.files = [str(root / f) for f in kept]
+        self.root = root
+
+    @staticmethod
+    def _decode_all(root, files, size, on_error):
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            decoded = list(pool.map(lambda f: _decode(f[0], size), files))
+        bad = [(p, r) for (p, _), r in zip(files, decoded) if isinstance(r, Exception)]
+        if bad and on_error == "raise":
+            p, e = bad[0]
+            raise ValueError(f"ImageFolder: cannot read image {p}: {e} "
+                             f"(pass on_error='skip' to leave such files out)")
+        if bad:
+            warnings.warn(f"ImageFolder: skipped {len(bad)} unreadable image(s): "
+                          f"{_short_list([p for p, _ in bad])}", stacklevel=3)
+        good = [(p, label, r) for (p, label), r in zip(files, decoded) if not isinstance(r, Exception)]
+        if not good:
+            raise ValueError(f"ImageFolder: none of the images under {root} could be read")
+        shapes = {r.shape for _, _, r in good}
+        if len(shapes) > 1:
+            raise ValueError(f"ImageFolder: images under {root} have different sizes "
+                             f"{sorted(s[:2] for s in shapes)[:4]}; pass size=(h, w) to resize them")
+        images = np.stack([r for _, _, r in good]).transpose(0, 3, 1, 2)
+        labels = np.array([label for _, label, _ in good], dtype=np.int64)
+        kept = np.array([p.relative_to(root).as_posix() for p, _, _ in good])
+        return np.ascontiguousarray(images), labels, kept
+
+    @staticmethod
+    def _load_cache(path):
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["images"], z["labels"], list(z["files"])
+        except (OSError, ValueError, KeyError):  # unreadable cache: decode afresh and overwrite
+            return None
+
+    @staticmethod
+    def _save_cache(path, images, labels, kept):
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, images=images, labels=labels, files=np.asarray(kept))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
