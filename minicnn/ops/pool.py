@@ -1,0 +1,153 @@
+"""2-D pooling: max (with stored argmax), average and adaptive average.
+
+x (N, C, H, W) -> y (N, C, Ho, Wo).  Along each axis, with kernel k, stride s
+(default k) and padding p (at most k/2, as PyTorch):
+
+    Ho = ⌊(H + 2p - k) / s⌋ + 1            (ceil_mode: ⌈·⌉ + 1, dropping a last
+                                            window that would start in the padding)
+    window(oh) = [oh·s - p, oh·s - p + k) ∩ [0, H)
+
+    max:  y = max over the window.  dL/dx goes to one argmax per window, the
+          first maximum in row-major order (ties: the top-left one wins), as PyTorch.
+    avg:  y = Σ window / divisor; divisor = k_h·k_w clipped to the padded input
+          (count_include_pad=True, PyTorch's default) or to the input itself.
+    adaptive avg to (Ho, Wo): window(oh) = [⌊oh·H/Ho⌋, ⌈(oh+1)·H/Ho⌉); the
+          global case (1, 1) is a plain mean over H·W.
+
+The kernels (``minicnn.kernels.pool``) take the windows as bound arrays, so all
+variants share one forward and one backward kernel per reduction.
+"""
+import numpy as np
+
+from ..kernels import pool as K
+from ..tensor import Function
+from .conv import _pair, check_float_input
+
+
+class MaxPool2d(Function):
+    """y = max over each window; the argmax of each window is saved for backward."""
+
+    @staticmethod
+    def forward(ctx, x, windows, out_hw):
+        N, C, H, W = x.shape
+        y = np.empty((N * C,) + out_hw, x.dtype)
+        argmax = np.empty(y.shape, np.int32)
+        K.max_pool(np.ascontiguousarray(x).reshape(N * C, H, W), *windows[:4], y, argmax)
+        ctx.save_for_backward(argmax)
+        ctx.x_shape = x.shape
+        return y.reshape(N, C, *out_hw)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (argmax,) = ctx.saved
+        N, C, H, W = ctx.x_shape
+        gx = np.empty((N * C, H * W), gy.dtype)
+        K.max_pool_backward(np.ascontiguousarray(gy).reshape(N * C, -1), argmax.reshape(N * C, -1), gx)
+        return gx.reshape(ctx.x_shape)
+
+
+class AvgPool2d(Function):
+    """y = Σ window / divisor, windows and divisors given as bound arrays."""
+
+    @staticmethod
+    def forward(ctx, x, windows, out_hw):
+        N, C, H, W = x.shape
+        y = np.empty((N * C,) + out_hw, x.dtype)
+        K.avg_pool(np.ascontiguousarray(x).reshape(N * C, H, W), *windows, y)
+        ctx.windows, ctx.x_shape = windows, x.shape
+        return y.reshape(N, C, *out_hw)
+
+    @staticmethod
+    def backward(ctx, gy):
+        N, C, H, W = ctx.x_shape
+        gx = np.empty((N * C, H, W), gy.dtype)
+        K.avg_pool_backward(np.ascontiguousarray(gy).reshape(N * C, *gy.shape[2:]), *ctx.windows, gx)
+        return gx.reshape(ctx.x_shape)
+
+
+class GlobalAvgPool2d(Function):
+    """y[n, c] = mean of x[n, c] over H·W, kept as (N, C, 1, 1); dx = dy / (H·W) everywhere."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.x_shape = x.shape
+        N, C = x.shape[:2]
+        return x.reshape(N, C, -1).mean(axis=2).reshape(N, C, 1, 1)
+
+    @staticmethod
+    def backward(ctx, gy):
+        H, W = ctx.x_shape[2:]
+        return np.broadcast_to(gy / (H * W), ctx.x_shape).copy()
+
+
+def _axis_windows(size, k, s, p, ceil_mode):
+    """Output length and (lo, hi, padded length) bound arrays of a pooling axis."""
+    span = size + 2 * p - k
+    n = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (n - 1) * s >= size + p:
+        n -= 1
+    start = np.arange(n) * s - p
+    end = np.minimum(start + k, size + p)
+    lo, hi = np.maximum(start, 0), np.minimum(end, size)
+    return n, lo.astype(np.int64), hi.astype(np.int64), (end - start).astype(np.int64)
+
+
+def _pool_windows(x, kernel_size, stride, padding, ceil_mode, count_include_pad, layer):
+    check_float_input(x, layer)
+    k = _pair(kernel_size, "kernel_size", layer, 1)
+    s = k if stride is None else _pair(stride, "stride", layer, 1)
+    p = _pair(padding, "padding", layer, 0)
+    H, W = x.shape[2:]
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{layer}: padding {p} must be at most half the kernel size {k}")
+    if H + 2 * p[0] < k[0] or W + 2 * p[1] < k[1]:
+        raise ValueError(f"{layer}: kernel {k} is larger than the padded input "
+                         f"{(H + 2 * p[0], W + 2 * p[1])} of input {tuple(x.shape)}")
+    Ho, hlo, hhi, hpad = _axis_windows(H, k[0], s[0], p[0], ceil_mode)
+    Wo, wlo, whi, wpad = _axis_windows(W, k[1], s[1], p[1], ceil_mode)
+    if count_include_pad:
+        hdiv, wdiv = hpad, wpad
+    else:
+        hdiv, wdiv = hhi - hlo, whi - wlo
+    return (hlo, hhi, wlo, whi, hdiv.astype(x.dtype), wdiv.astype(x.dtype)), (Ho, Wo)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Max pooling as ``torch.nn.functional.max_pool2d`` (no dilation).
+
+    x (N, C, H, W) -> (N, C, Ho, Wo); ``stride`` defaults to ``kernel_size``; the
+    gradient goes to the first maximum of each window in row-major order."""
+    windows, out_hw = _pool_windows(x, kernel_size, stride, padding, ceil_mode, True, "max_pool2d")
+    return MaxPool2d.apply(x, windows=windows, out_hw=out_hw)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """Average pooling as ``torch.nn.functional.avg_pool2d``.
+
+    x (N, C, H, W) -> (N, C, Ho, Wo); ``stride`` defaults to ``kernel_size``;
+    ``count_include_pad`` divides by the window size including the zero padding."""
+    windows, out_hw = _pool_windows(x, kernel_size, stride, padding, ceil_mode, count_include_pad, "avg_pool2d")
+    return AvgPool2d.apply(x, windows=windows, out_hw=out_hw)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Adaptive average pooling as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    x (N, C, H, W) -> (N, C, Ho, Wo) with ``output_size`` an int or a pair (None keeps
+    that input size); output row oh averages rows [⌊oh·H/Ho⌋, ⌈(oh+1)·H/Ho⌉)."""
+    layer = "adaptive_avg_pool2d"
+    check_float_input(x, layer)
+    H, W = x.shape[2:]
+    size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    if len(size) != 2:
+        raise TypeError(f"{layer}: output_size must be an int or a pair, got {output_size!r}")
+    Ho, Wo = _pair(tuple(n if s is None else s for s, n in zip(size, (H, W))), "output_size", layer, 1)
+    if (Ho, Wo) == (1, 1):
+        return GlobalAvgPool2d.apply(x)
+    windows = []
+    for n_in, n_out in ((H, Ho), (W, Wo)):
+        o = np.arange(n_out)
+        lo, hi = (o * n_in) // n_out, -((-(o + 1) * n_in) // n_out)
+        windows.append((lo, hi, (hi - lo).astype(x.dtype)))
+    (hlo, hhi, hdiv), (wlo, whi, wdiv) = windows
+    return AvgPool2d.apply(x, windows=(hlo, hhi, wlo, whi, hdiv, wdiv), out_hw=(Ho, Wo))
