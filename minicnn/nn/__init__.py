@@ -5,3 +5,5 @@ from .container import Flatten, Identity, ModuleList, Sequential
 from .linear import Linear
 from .module import Module
 from .parameter import Parameter
+from .conv import Conv2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d

@@ -8,3 +8,5 @@ from .linear import linear
 from .loss import binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss
 from .reduce import max, mean, min, sum, var
 from .shape import concatenate, flatten, getitem, pad, reshape, squeeze, stack, transpose, unsqueeze
+from .conv import conv2d
+from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
