@@ -167,7 +167,8 @@ def test_eval_loader_rejects_augmentation():
 @pytest.mark.parametrize("data,kw,err,match", [
     ((np.zeros((0, 1, 2, 2), np.uint8), np.zeros(0, int)), {}, ValueError, "empty"),
     ((np.zeros((3, 1, 2, 2), np.uint8), np.zeros(2, int)), {}, ValueError, "3 images but 2 labels"),
-    ((np.zeros((3, 1, 2, 2), np.uint8), np.array([0, 1, 5])), {"num_classes": 5}, ValueError, r"\[0, 5\), found 5"),
+    ((np.zeros((3, 1, 2, 2), np.uint8), np.array([0, 1, 5])), {"num_classes": 5},
+     ValueError, r"\[0, 5\), found 5"),
     ((np.zeros((3, 1, 2, 2), np.uint8), np.array([0, -1, 2])), {}, ValueError, "found -1"),
     ((np.zeros((3, 1, 2, 2), np.uint8), np.array([0.5, 1, 2])), {}, TypeError, "integers"),
     ((np.zeros((3, 2), np.uint8), np.zeros(3, int)), {}, ValueError, r"\(N, H, W\)"),

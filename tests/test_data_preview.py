@@ -9,8 +9,9 @@ from minicnn.viz import augmentation_grid
 
 def test_grid_png_colour(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
-    path = augmentation_grid(x, Compose([RandomHorizontalFlip(), RandomCrop(16, 2)]), tmp_path / "g" / "aug.png",
-                             n_augment=4, labels=[0, 1, 0], classes=["cat", "dog"], title="preview", cell=1.0)
+    tf = Compose([RandomHorizontalFlip(), RandomCrop(16, 2)])
+    path = augmentation_grid(x, tf, tmp_path / "g" / "aug.png", n_augment=4, labels=[0, 1, 0],
+                             classes=["cat", "dog"], title="preview", cell=1.0)
     with Image.open(path) as im:
         assert im.format == "PNG"
         assert im.size == (500, 340)          # (1 + 4) x 3 cells of 1 in at 100 dpi, + title
@@ -34,7 +35,8 @@ def test_same_seed_same_picture(tmp_path):
     assert augmentation_grid(x, tf, tmp_path / "c.png", seed=6).read_bytes() != a
 
 
-@pytest.mark.parametrize("images,n", [(np.zeros((8, 8)), 3), (np.zeros((40, 1, 4, 4)), 3), (np.zeros((2, 4, 4)), 0)])
+@pytest.mark.parametrize("images,n", [(np.zeros((8, 8)), 3), (np.zeros((40, 1, 4, 4)), 3),
+                                      (np.zeros((2, 4, 4)), 0)])
 def test_grid_errors(tmp_path, images, n):
     with pytest.raises(ValueError):
         augmentation_grid(images, RandomHorizontalFlip(), tmp_path / "x.png", n_augment=n)

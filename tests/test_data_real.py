@@ -44,8 +44,9 @@ def test_cifar10_real():
     assert np.bincount(test.labels).tolist() == [1000] * 10
     # Official (125.31, 122.95, 113.87); the JPEG-rebuilt copy is within 0.05 of them.
     np.testing.assert_allclose(train.images.mean(axis=(0, 2, 3)), [125.31, 122.95, 113.87], atol=0.1)
-    x, y = next(iter(DataLoader(train, 128, shuffle=True, seed=0, transform=Compose(
-        [RandomHorizontalFlip(), RandomCrop(32, 4), ToFloat(), Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))]))))
+    tf = Compose([RandomHorizontalFlip(), RandomCrop(32, 4), ToFloat(),
+                  Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))])
+    x, y = next(iter(DataLoader(train, 128, shuffle=True, seed=0, transform=tf)))
     assert x.shape == (128, 3, 32, 32) and abs(float(x.mean())) < 0.3
 
 

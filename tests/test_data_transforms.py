@@ -242,7 +242,8 @@ def test_transforms_reject_non_batches(bad):
 
 
 @pytest.mark.parametrize("make", [lambda: RandomHorizontalFlip(1.5), lambda: RandomCrop(0),
-                                  lambda: RandomCrop(4, padding=-1), lambda: RandomCrop(4, padding_mode="wrap"),
+                                  lambda: RandomCrop(4, padding=-1),
+                                  lambda: RandomCrop(4, padding_mode="wrap"),
                                   lambda: RandomRotation(-5), lambda: RandomAffine(translate=(2, 0)),
                                   lambda: RandomAffine(scale=(0, 1)), lambda: RandomErasing(scale=(0.5, 0.1)),
                                   lambda: ColorJitter(brightness=-1)])

@@ -339,7 +339,8 @@ class RandomCrop(Transform):
         if h > H + 2 * ph or w > W + 2 * pw:
             raise ValueError(f"RandomCrop: size {(h, w)} exceeds the padded image {(H + 2 * ph, W + 2 * pw)}")
         if self.padding_mode == "reflect" and (ph >= H or pw >= W):
-            raise ValueError(f"RandomCrop: reflect padding {self.padding} must be smaller than the image {(H, W)}")
+            raise ValueError(f"RandomCrop: reflect padding {self.padding} must be smaller than "
+                             f"the image {(H, W)}")
         rows = rng.integers(0, H + 2 * ph - h + 1, N)[:, None] + np.arange(h) - ph   # (N, h)
         cols = rng.integers(0, W + 2 * pw - w + 1, N)[:, None] + np.arange(w) - pw   # (N, w)
         if self.padding_mode == "constant":
