@@ -1,0 +1,8 @@
+"""Training: fit / evaluate / predict, History, callbacks, metrics, progress, summary."""
+from .callbacks import (Callback, CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
+                        ReduceLROnPlateau, TerminateOnNaN)
+from .history import History
+from .loop import Trainer, evaluate, fit, predict
+from .metrics import (accuracy, classification_report, confusion_matrix, precision_recall_f1,
+                      top_k_accuracy)
+from .summary import summary
