@@ -8,5 +8,7 @@ from .linear import linear
 from .loss import binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss
 from .reduce import max, mean, min, sum, var
 from .shape import concatenate, flatten, getitem, pad, reshape, squeeze, stack, transpose, unsqueeze
+from .norm import batch_norm, group_norm, instance_norm, layer_norm
+from .dropout import dropout, dropout2d
 from .conv import conv2d
 from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d

@@ -1,0 +1,291 @@
+"""Batch, instance, group and layer norm: gradients vs finite differences (float64),
+the fused backward vs the same norm composed from primitive ops, the modules'
+PyTorch semantics (buffers, momentum, eval) and, where torch is installed, outputs,
+gradients and running statistics vs torch over several training steps then eval."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minicnn
+from minicnn import nn, ops, tensor
+from minicnn.gradcheck import gradcheck
+
+# kind -> (fused op with signature (x, w, b, groups, eps), axes of the statistics after the
+# (N, G, C/G, S) view used by the composed reference)
+FUSED = {
+    "batch": lambda x, w, b, G, eps: ops.batch_norm(x, None, None, w, b, training=True, eps=eps),
+    "instance": lambda x, w, b, G, eps: ops.instance_norm(x, None, None, w, b, eps=eps),
+    "group": lambda x, w, b, G, eps: ops.group_norm(x, G, w, b, eps=eps),
+}
+STAT_AXES = {"batch": (0, 2, 3), "instance": (3,), "group": (2, 3)}
+
+
+def composed(x, w, b, kind, G, eps):
+    """The same norm from primitive minicnn ops: mean, var, sqrt, broadcasting arithmetic."""
+    N, C = x.shape[:2]
+    G = C if kind != "group" else G
+    v = x.reshape(N, G, C // G, -1)
+    axes = STAT_AXES[kind]
+    xhat = ((v - v.mean(axis=axes, keepdims=True)) / (v.var(axis=axes, keepdims=True) + eps).sqrt())
+    affine = (1, C) + (1,) * (x.ndim - 2)
+    y = xhat.reshape(*x.shape)
+    if w is not None:
+        y = y * w.reshape(*affine)
+    if b is not None:
+        y = y + b.reshape(*affine)
+    return y
+
+
+@st.composite
+def norm_cases(draw, kinds=tuple(FUSED)):
+    """(kind, x, w or None, b or None, groups, eps) with x (N, C, *spatial), float64."""
+    kind = draw(st.sampled_from(kinds))
+    G = draw(st.integers(1, 3))
+    C = G * draw(st.integers(1, 3))
+    spatial = draw(st.lists(st.integers(1, 3), min_size=0 if kind == "batch" else 1, max_size=2))
+    N = draw(st.integers(1, 3))
+    if kind == "batch" and N * int(np.prod(spatial)) < 2:    # one value per channel is an error
+        N = 2
+    if kind == "instance" and int(np.prod(spatial)) < 2:
+        spatial = spatial + [2]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((N, C, *spatial)) * draw(st.floats(0.1, 10)) + draw(st.floats(-5, 5))
+    affine = draw(st.booleans())
+    w = rng.standard_normal(C) if affine else None
+    b = rng.standard_normal(C) if affine and draw(st.booleans()) else None
+    eps = draw(st.sampled_from([1e-5, 1e-3, 0.1]))
+    return kind, x, w, b, G, eps
+
+
+def _tensors(*arrays):
+    return [None if a is None else tensor(a, requires_grad=True) for a in arrays]
+
+
+@settings(deadline=None)
+@given(norm_cases())
+def test_channel_norm_gradients_match_finite_differences(case):
+    kind, x, w, b, G, eps = case
+    tx, tw, tb = _tensors(x, w, b)
+    inputs = [t for t in (tx, tw, tb) if t is not None]
+
+    def f(*args):
+        it = iter(args)
+        return FUSED[kind](next(it), next(it) if w is not None else None, next(it) if b is not None else None, G, eps)
+    # tiny groups with a small eps make x̂ steep; the finite-difference step must stay well inside
+    assert gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)
+
+
+@settings(deadline=None)
+@given(norm_cases())
+def test_fused_channel_norm_equals_composition_of_primitive_ops(case):
+    kind, x, w, b, G, eps = case
+    g = np.random.default_rng(1).standard_normal(x.shape)
+    fused_in, ref_in = _tensors(x, w, b), _tensors(x, w, b)
+    y = FUSED[kind](*fused_in, G, eps)
+    ref = composed(*ref_in, kind, G, eps)
+    np.testing.assert_allclose(y.data, ref.data, rtol=1e-10, atol=1e-10)
+    y.backward(g)
+    ref.backward(g)
+    for got, want in zip(fused_in, ref_in):
+        if got is not None:
+            np.testing.assert_allclose(got.grad, want.grad, rtol=1e-8, atol=1e-9)
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_layer_norm_gradients_and_composition(data):
+    lead = data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=2), label="leading")
+    norm = tuple(data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=2), label="normalized"))
+    if int(np.prod(norm)) < 2:
+        norm = norm + (2,)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    x = rng.standard_normal((*lead, *norm)) * 3 + 1
+    w, b = rng.standard_normal(norm), rng.standard_normal(norm)
+    eps = data.draw(st.sampled_from([1e-5, 1e-2]), label="eps")
+    tx, tw, tb = _tensors(x, w, b)
+    assert gradcheck(lambda x, w, b: ops.layer_norm(x, norm, w, b, eps), [tx, tw, tb], eps=1e-7, rtol=1e-4)
+
+    axes = tuple(range(len(lead), x.ndim))
+    rx, rw, rb = _tensors(x, w, b)
+    ref = (rx - rx.mean(axis=axes, keepdims=True)) / (rx.var(axis=axes, keepdims=True) + eps).sqrt() * rw + rb
+    y = ops.layer_norm(tx, norm, tw, tb, eps)
+    np.testing.assert_allclose(y.data, ref.data, rtol=1e-10, atol=1e-10)
+    g = rng.standard_normal(x.shape)
+    y.backward(g)
+    ref.backward(g)
+    for got, want in ((tx, rx), (tw, rw), (tb, rb)):
+        np.testing.assert_allclose(got.grad, want.grad, rtol=1e-8, atol=1e-9)
+
+
+def test_eval_batch_norm_gradient_uses_fixed_statistics():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((3, 4, 2, 2)), rng.standard_normal(4), rng.standard_normal(4)
+    mean, var = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
+    tx, tw, tb = _tensors(x, w, b)
+    assert gradcheck(lambda x, w, b: ops.batch_norm(x, mean, var, w, b, training=False), [tx, tw, tb])
+    y = ops.batch_norm(tx, mean, var, tw, tb, training=False)
+    shape = (1, 4, 1, 1)
+    expected = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) * w.reshape(shape) + b.reshape(shape)
+    np.testing.assert_allclose(y.data, expected, rtol=1e-12)
+
+
+def test_float32_statistics_survive_a_large_mean():
+    # sum/sum-of-squares in float32 would lose the variance entirely at this offset
+    x = (np.random.default_rng(0).standard_normal((8, 3, 16, 16)) + 1e4).astype(np.float32)
+    y = ops.batch_norm(tensor(x), None, None, training=True)
+    assert y.dtype == np.float32
+    x64 = x.astype(np.float64)
+    expected = (x64 - x64.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(x64.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y.data, expected, atol=2e-5)
+    assert abs(y.data.std() - 1) < 1e-3
+
+
+def test_running_statistics_momentum_and_cumulative_average():
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((5, 3, 4)) * (i + 1) + i for i in range(4)]
+    bn, cumulative = nn.BatchNorm1d(3, dtype=np.float64), nn.BatchNorm1d(3, momentum=None, dtype=np.float64)
+    mean, var = np.zeros(3), np.ones(3)
+    for xb in batches:
+        bn(tensor(xb))
+        cumulative(tensor(xb))
+        mean = 0.9 * mean + 0.1 * xb.mean(axis=(0, 2))
+        var = 0.9 * var + 0.1 * xb.var(axis=(0, 2), ddof=1)
+    np.testing.assert_allclose(bn.running_mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, var, rtol=1e-12)
+    np.testing.assert_allclose(cumulative.running_mean, np.mean([b.mean(axis=(0, 2)) for b in batches], 0), rtol=1e-12)
+    np.testing.assert_allclose(cumulative.running_var, np.mean([b.var(axis=(0, 2), ddof=1) for b in batches], 0),
+                               rtol=1e-12)
+    assert cumulative.num_batches_tracked.dtype == np.int64 and cumulative.num_batches_tracked.shape == ()
+    assert int(cumulative.num_batches_tracked) == 4
+
+    bn.eval()
+    x = batches[0]
+    expected = (x - mean[None, :, None]) / np.sqrt(var[None, :, None] + 1e-5)
+    np.testing.assert_allclose(bn(tensor(x)).data, expected, rtol=1e-10)
+    assert int(bn.num_batches_tracked) == 4        # eval does not count batches
+
+
+def test_module_state_matches_pytorch_names_and_defaults():
+    bn = nn.BatchNorm2d(8, eps=1e-3)
+    assert list(bn.state_dict()) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert [n for n, _ in bn.named_parameters()] == ["weight", "bias"]
+    assert bn.eps == 1e-3 and bn.momentum == 0.1
+    assert list(nn.InstanceNorm2d(4).state_dict()) == []
+    assert list(nn.InstanceNorm2d(4, affine=True, track_running_stats=True).state_dict()) == \
+        ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert list(nn.GroupNorm(2, 4).state_dict()) == ["weight", "bias"]
+    assert nn.LayerNorm((3, 4)).weight.shape == (3, 4)
+    assert nn.LayerNorm(5, bias=False).bias is None
+    assert list(nn.BatchNorm1d(3, affine=False, track_running_stats=False).state_dict()) == []
+
+
+def test_untracked_batch_norm_uses_batch_statistics_in_eval():
+    x = np.random.default_rng(0).standard_normal((4, 2, 3, 3))
+    bn = nn.BatchNorm2d(2, track_running_stats=False, dtype=np.float64).eval()
+    np.testing.assert_allclose(bn(tensor(x)).data.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+
+
+def test_instance_norm_eval_without_tracking_uses_each_images_statistics():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)) * 5 + 2
+    y = nn.InstanceNorm2d(3).eval()(tensor(x)).data
+    np.testing.assert_allclose(y.mean(axis=(2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=(2, 3)), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("make, x_shape, message", [
+    (lambda: nn.BatchNorm2d(3), (2, 4, 3, 3), r"BatchNorm2d\(3\): expected 3 channels on axis 1, got 4"),
+    (lambda: nn.BatchNorm2d(3), (2, 3, 3), r"BatchNorm2d\(3\): expected input of shape \(N, C, H, W\)"),
+    (lambda: nn.BatchNorm1d(3), (2, 3, 4, 4), r"BatchNorm1d\(3\): expected input of shape \(N, C\) or \(N, C, L\)"),
+    (lambda: nn.BatchNorm1d(3), (1, 3), r"more than 1 value per channel"),
+    (lambda: nn.InstanceNorm2d(2), (2, 5, 3, 3), r"InstanceNorm2d\(2\): expected 2 channels on axis 1, got 5"),
+    (lambda: nn.GroupNorm(2, 4), (2, 6, 3), r"GroupNorm\(2, 4\): expected 4 channels on axis 1, got 6"),
+    (lambda: nn.LayerNorm((3, 4)), (2, 4, 3), r"normalized_shape=\(3, 4\) must match"),
+])
+def test_clear_errors_for_wrong_inputs(make, x_shape, message):
+    with pytest.raises(ValueError, match=message):
+        make()(tensor(np.zeros(x_shape, np.float32)))
+
+
+def test_clear_errors_for_bad_configuration():
+    with pytest.raises(ValueError, match=r"num_groups=3 must be a positive divisor of num_channels=4"):
+        nn.GroupNorm(3, 4)
+    with pytest.raises(ValueError, match=r"num_groups=4 must be a positive int dividing the 6 channels"):
+        ops.group_norm(tensor(np.zeros((1, 6, 2))), 4)
+    with pytest.raises(ValueError, match=r"weight has shape \(3,\), expected \(2,\)"):
+        ops.batch_norm(tensor(np.zeros((2, 2))), None, None, tensor(np.ones(3)), training=True)
+    with pytest.raises(ValueError, match="running_mean and running_var are needed"):
+        ops.batch_norm(tensor(np.zeros((2, 2))), None, None, training=False)
+    with pytest.raises(ValueError, match="momentum"):
+        nn.BatchNorm2d(3, momentum=1.5)
+
+
+def test_kernels_run_as_python_with_jit_disabled():
+    code = ("import numpy as np, minicnn; from minicnn import ops;"
+            "x = minicnn.tensor(np.arange(24.0).reshape(2, 3, 4) ** 1.5, requires_grad=True);"
+            "y = ops.group_norm(x, 3); y.backward(np.cos(np.arange(24.0)).reshape(2, 3, 4));"
+            "print(repr(np.concatenate([y.data.ravel(), x.grad.ravel()]).tolist()))")
+    root = os.path.dirname(os.path.dirname(minicnn.__file__))
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    x = tensor(np.arange(24.0).reshape(2, 3, 4) ** 1.5, requires_grad=True)
+    y = ops.group_norm(x, 3)
+    y.backward(np.cos(np.arange(24.0)).reshape(2, 3, 4))
+    np.testing.assert_allclose(eval(out.stdout), np.concatenate([y.data.ravel(), x.grad.ravel()]), rtol=1e-12)
+
+
+# --------------------------------------------------------------------- torch
+TORCH_MODULES = {
+    "BatchNorm1d-2d-input": (lambda m, **kw: m.BatchNorm1d(5, **kw), (6, 5)),
+    "BatchNorm1d-3d-input": (lambda m, **kw: m.BatchNorm1d(5, momentum=None, **kw), (4, 5, 3)),
+    "BatchNorm2d": (lambda m, **kw: m.BatchNorm2d(4, eps=1e-3, momentum=0.3, **kw), (3, 4, 5, 5)),
+    "InstanceNorm2d-tracking": (lambda m, **kw: m.InstanceNorm2d(3, affine=True, track_running_stats=True, **kw),
+                                (2, 3, 4, 4)),
+    "InstanceNorm2d": (lambda m, **kw: m.InstanceNorm2d(3, **kw), (2, 3, 4, 4)),
+    "GroupNorm": (lambda m, **kw: m.GroupNorm(2, 6, **kw), (3, 6, 2, 3)),
+    "LayerNorm": (lambda m, **kw: m.LayerNorm((4, 3), **kw), (2, 5, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("name", TORCH_MODULES)
+def test_modules_match_torch_over_training_steps_then_eval(name):
+    torch = pytest.importorskip("torch")
+    make, shape = TORCH_MODULES[name]
+    mine, ref = make(nn, dtype=np.float64), make(torch.nn, dtype=torch.float64)
+    rng = np.random.default_rng(3)
+    params = {k: rng.standard_normal(v.shape) for k, v in mine.state_dict().items() if k in ("weight", "bias")}
+    for k, v in params.items():
+        getattr(mine, k).data = v.copy()
+        getattr(ref, k).data = torch.tensor(v)
+    for _ in range(3):
+        x, g = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape)
+        tx, rx = tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+        y, ry = mine(tx), ref(rx)
+        np.testing.assert_allclose(y.data, ry.detach().numpy(), rtol=1e-10, atol=1e-12)
+        y.backward(g)
+        ry.backward(torch.tensor(g))
+        np.testing.assert_allclose(tx.grad, rx.grad.numpy(), rtol=1e-10, atol=1e-12)
+        for k in params:  # one SGD step on both, so the next step runs with new weights
+            np.testing.assert_allclose(getattr(mine, k).grad, getattr(ref, k).grad.numpy(), rtol=1e-10, atol=1e-12)
+            getattr(mine, k).data -= 0.1 * getattr(mine, k).grad
+            getattr(mine, k).grad = None
+            with torch.no_grad():
+                getattr(ref, k).sub_(0.1 * getattr(ref, k).grad)
+            getattr(ref, k).grad = None
+        _assert_state_equal(mine, ref)
+    mine.eval(), ref.eval()
+    x = rng.standard_normal(shape)
+    np.testing.assert_allclose(mine(tensor(x)).data, ref(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+    _assert_state_equal(mine, ref)
+
+
+def _assert_state_equal(mine, ref):
+    theirs = {k: v.numpy() for k, v in ref.state_dict().items()}
+    ours = mine.state_dict()
+    assert list(ours) == list(theirs)
+    for k, v in ours.items():
+        np.testing.assert_allclose(v, theirs[k], rtol=1e-10, atol=1e-12, err_msg=k)
