@@ -1,0 +1,271 @@
+"""Speed of every conv and pool layer of the reference networks, minicnn vs PyTorch CPU.
+
+    python benchmarks/ops.py [--rounds 5] [--reps 7] [--threads 2] [--out benchmarks/results]
+
+Layers: the Fashion-MNIST CNN at batch 64 and ResNet-20 (CIFAR) at batch 128.
+For each layer, forward (inference, no graph) and forward+backward (the first
+layer of a network computes no input gradient, as in training) are timed in ms.
+
+Method (the machine is shared and noisy, see DESIGN.md):
+* each framework runs in its own process (two BLAS/OpenMP runtimes in one process
+  slow each other), with the same number of threads;
+* the processes alternate, minicnn, torch, minicnn, torch, ... for ``--rounds``
+  rounds; inside a process every layer gets a warm-up and ``--reps`` timed
+  repetitions, of which the median counts;
+* the ratio reported is the median over rounds of (torch ms / minicnn ms) of the
+  same round: > 1 means minicnn is faster.
+A network's total weights each layer by how often it occurs in the network.
+
+Also measured, in fresh processes: the first call of the conv/pool kernels with a
+warm Numba cache (what every later run pays) and with an empty one (compilation).
+
+Writes ``ops.json`` and ``ops.md`` to ``--out``; prints the Markdown table.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# (name, network, count in the network, kind, spec)
+#   conv spec: (N, C, H, W, O, k, stride, padding, bias, first)   pool spec: (N, C, H, W, kind, k)
+LAYERS = [
+    ("conv1 1->32", "fashion", 1, "conv", (64, 1, 28, 28, 32, 3, 1, 1, True, True)),
+    ("maxpool1", "fashion", 1, "pool", (64, 32, 28, 28, "max", 2)),
+    ("conv2 32->64", "fashion", 1, "conv", (64, 32, 14, 14, 64, 3, 1, 1, True, False)),
+    ("maxpool2", "fashion", 1, "pool", (64, 64, 14, 14, "max", 2)),
+    ("conv 3->16", "resnet20", 1, "conv", (128, 3, 32, 32, 16, 3, 1, 1, False, True)),
+    ("conv 16->16", "resnet20", 6, "conv", (128, 16, 32, 32, 16, 3, 1, 1, False, False)),
+    ("conv 16->32 s2", "resnet20", 1, "conv", (128, 16, 32, 32, 32, 3, 2, 1, False, False)),
+    ("conv 32->32", "resnet20", 5, "conv", (128, 32, 16, 16, 32, 3, 1, 1, False, False)),
+    ("conv 32->64 s2", "resnet20", 1, "conv", (128, 32, 16, 16, 64, 3, 2, 1, False, False)),
+    ("conv 64->64", "resnet20", 5, "conv", (128, 64, 8, 8, 64, 3, 1, 1, False, False)),
+    ("global avgpool", "resnet20", 1, "pool", (128, 64, 8, 8, "gap", 8)),
+]
+NETWORKS = {"fashion": "Fashion-MNIST CNN, batch 64", "resnet20": "ResNet-20, batch 128"}
+
+
+def conv_gflop(spec):
+    """GFLOP of one forward pass (2 per multiply-add)."""
+    N, C, H, W, O, k, s, p, _, _ = spec
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    return 2 * N * O * C * k * k * Ho * Wo / 1e9
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**extra):
+    """This environment, with the repository importable (no install needed) and ``extra``."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+# ------------------------------------------------------------------ workers
+
+def _median_ms(fn, reps):
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _minicnn_cases(spec, kind, rng):
+    import numpy as np
+    import minicnn
+    from minicnn import ops
+    if kind == "conv":
+        N, C, H, W, O, k, s, p, bias, first = spec
+        x = minicnn.tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), requires_grad=not first)
+        w = minicnn.tensor(rng.standard_normal((O, C, k, k), dtype=np.float32) * 0.1, requires_grad=True)
+        b = minicnn.tensor(np.zeros(O, np.float32), requires_grad=True) if bias else None
+        layer = lambda: ops.conv2d(x, w, b, s, p)  # noqa: E731
+    else:
+        N, C, H, W, pk, k = spec
+        x = minicnn.tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), requires_grad=True)
+        layer = (lambda: ops.max_pool2d(x, k)) if pk == "max" else (lambda: ops.adaptive_avg_pool2d(x, 1))
+    with minicnn.no_grad():
+        gy = np.ones(layer().shape, np.float32)
+
+    def forward():
+        with minicnn.no_grad():
+            layer()
+
+    def forward_backward():
+        layer().backward(gy)
+
+    return forward, forward_backward
+
+
+def _torch_cases(spec, kind, rng):
+    import numpy as np
+    import torch
+    F = torch.nn.functional
+    if kind == "conv":
+        N, C, H, W, O, k, s, p, bias, first = spec
+        x = torch.tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), requires_grad=not first)
+        w = torch.tensor(rng.standard_normal((O, C, k, k), dtype=np.float32) * 0.1, requires_grad=True)
+        b = torch.zeros(O, requires_grad=True) if bias else None
+        layer = lambda: F.conv2d(x, w, b, s, p)  # noqa: E731
+    else:
+        N, C, H, W, pk, k = spec
+        x = torch.tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), requires_grad=True)
+        layer = (lambda: F.max_pool2d(x, k)) if pk == "max" else (lambda: F.adaptive_avg_pool2d(x, 1))
+    with torch.no_grad():
+        gy = torch.ones(layer().shape)
+
+    def forward():
+        with torch.no_grad():
+            layer()
+
+    def forward_backward():
+        layer().backward(gy)
+
+    return forward, forward_backward
+
+
+def worker(framework, reps, threads):
+    """Time every layer in this process; print {layer: [forward ms, forward+backward ms]}."""
+    if framework == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        make = _torch_cases
+    else:
+        import minicnn  # noqa: F401  (first: sets the thread-pool defaults before numpy starts)
+        make = _minicnn_cases
+    import numpy as np
+    rng = np.random.default_rng(0)
+    result = {}
+    for name, _, _, kind, spec in LAYERS:
+        fwd, fwd_bwd = make(spec, kind, rng)
+        result[name] = [_median_ms(fwd, reps), _median_ms(fwd_bwd, reps)]
+    print(json.dumps(result))
+
+
+FIRST_CALL = """
+import time
+t0 = time.perf_counter()
+import numpy as np, minicnn
+from minicnn import ops
+t1 = time.perf_counter()
+x = minicnn.tensor(np.ones((2, 3, 8, 8), np.float32), requires_grad=True)
+w = minicnn.tensor(np.ones((4, 3, 3, 3), np.float32), requires_grad=True)
+y = ops.conv2d(x, w, None, 1, 1)
+y = ops.max_pool2d(y, 2) + ops.avg_pool2d(y, 2) + ops.adaptive_avg_pool2d(y, 3)[:, :, :2, :2]
+(y.sum() + ops.adaptive_avg_pool2d(y, 1).sum()).backward()
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def first_call_seconds(cache_dir=None):
+    """(import s, first conv+pool forward/backward s) in a fresh process."""
+    env = _env() if cache_dir is None else _env(NUMBA_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+# ------------------------------------------------------------------ parent
+
+def run_worker(framework, args):
+    n = str(args.threads)
+    env = _env(NUMBA_NUM_THREADS=n, OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)
+    out = subprocess.run([sys.executable, __file__, "--worker", framework, "--reps", str(args.reps),
+                          "--threads", str(args.threads)], env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarize(rounds):
+    """Per layer and network: median ms of each framework and median paired speed ratio."""
+    rows = {}
+    for name, net, count, kind, spec in LAYERS:
+        row = {"network": net, "count": count, "kind": kind}
+        for i, mode in enumerate(("forward", "forward_backward")):
+            mine = [r["minicnn"][name][i] for r in rounds]
+            theirs = [r["torch"][name][i] for r in rounds]
+            row[mode] = {"minicnn_ms": statistics.median(mine), "torch_ms": statistics.median(theirs),
+                         "ratio": statistics.median(t / m for t, m in zip(theirs, mine))}
+            if kind == "conv":
+                flop = conv_gflop(spec) * (1 if i == 0 else (2 if spec[-1] else 3))
+                row[mode]["minicnn_gflops"] = flop / row[mode]["minicnn_ms"] * 1e3
+                row[mode]["torch_gflops"] = flop / row[mode]["torch_ms"] * 1e3
+        rows[name] = row
+    nets = {}
+    for net in NETWORKS:
+        members = [(n, c) for n, nt, c, _, _ in LAYERS if nt == net]
+        nets[net] = {}
+        for i, mode in enumerate(("forward", "forward_backward")):
+            per_round = [(sum(c * r["minicnn"][n][i] for n, c in members),
+                          sum(c * r["torch"][n][i] for n, c in members)) for r in rounds]
+            nets[net][mode] = {"minicnn_ms": statistics.median(m for m, _ in per_round),
+                               "torch_ms": statistics.median(t for _, t in per_round),
+                               "ratio": statistics.median(t / m for m, t in per_round)}
+    return rows, nets
+
+
+def markdown(rows, nets, start):
+    lines = ["| network | layer | x | fwd ms minicnn / torch | fwd GFLOP/s | fwd speed ratio "
+             "| fwd+bwd ms minicnn / torch | fwd+bwd GFLOP/s | fwd+bwd speed ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        cells = []
+        for mode in ("forward", "forward_backward"):
+            m = r[mode]
+            gf = f"{m['minicnn_gflops']:.0f} / {m['torch_gflops']:.0f}" if "minicnn_gflops" in m else "-"
+            cells += [f"{m['minicnn_ms']:.2f} / {m['torch_ms']:.2f}", gf, f"{m['ratio']:.2f}x"]
+        lines.append(f"| {r['network']} | {name} | {r['count']} | " + " | ".join(cells) + " |")
+    for net, n in nets.items():
+        cells = []
+        for mode in ("forward", "forward_backward"):
+            m = n[mode]
+            cells += [f"{m['minicnn_ms']:.1f} / {m['torch_ms']:.1f}", "", f"**{m['ratio']:.2f}x**"]
+        lines.append(f"| {net} | **all layers, weighted** | | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Speed ratio = torch time / minicnn time, median over alternating rounds (> 1: minicnn faster). "
+                 "x = occurrences of the layer in the network (weights the totals).")
+    lines.append(f"First call of the conv/pool kernels in a fresh process: {start['warm_first_call_s']:.2f} s "
+                 f"with a warm Numba cache, {start['cold_first_call_s']:.1f} s with an empty one "
+                 f"(import minicnn: {start['import_s']:.2f} s).")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--worker", choices=["minicnn", "torch"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args.reps, args.threads)
+    first_call_seconds()  # make sure the cache is populated
+    import_s, warm = first_call_seconds()
+    with tempfile.TemporaryDirectory() as empty:
+        _, cold = first_call_seconds(empty)
+    start = {"import_s": import_s, "warm_first_call_s": warm, "cold_first_call_s": cold}
+    rounds = []
+    for i in range(args.rounds):
+        rounds.append({fw: run_worker(fw, args) for fw in ("minicnn", "torch")})
+        print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
+    rows, nets = summarize(rounds)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "ops.json"), "w") as f:
+        json.dump({"threads": args.threads, "rounds": args.rounds, "reps": args.reps, "start": start,
+                   "layers": rows, "networks": nets, "raw_rounds": rounds}, f, indent=1)
+    table = markdown(rows, nets, start)
+    with open(os.path.join(args.out, "ops.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

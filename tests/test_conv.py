@@ -1,0 +1,204 @@
+"""conv2d and Conv2d: forward vs a naive loop reference, gradients vs finite differences
+(float64), the chunked and 1x1 paths, 'same'/'valid' padding, errors, the module, and
+(where torch is installed) forward and every gradient vs torch in float64 to 1e-10."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import minicnn
+from minicnn import nn, ops, tensor
+from minicnn.gradcheck import gradcheck
+from minicnn.ops import conv as conv_mod
+
+
+def reference_conv(x, w, b, stride, pads, dilation, groups):
+    """Nested loops over output pixels and kernel taps on an explicitly padded copy."""
+    (sh, sw), ((pt, pb), (pl, pr)), (dh, dw) = stride, pads, dilation
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    Og = O // groups
+    y = np.zeros((N, O, Ho, Wo))
+    for n in range(N):
+        for o in range(O):
+            g = o // Og
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    acc = 0.0 if b is None else b[o]
+                    for c in range(Cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                acc += w[o, c, i, j] * xp[n, g * Cg + c, oh * sh + i * dh, ow * sw + j * dw]
+                    y[n, o, oh, ow] = acc
+    return y
+
+
+@st.composite
+def conv_cases(draw, max_side=7):
+    """A valid conv2d case: arrays (float64) and arguments, with the resolved paddings."""
+    groups = draw(st.integers(1, 3))
+    Cg, Og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    N = draw(st.integers(1, 3))
+    H, W = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = draw(st.sampled_from([1, 2, 3, (1, 2), (2, 1)]))
+    dilation = draw(st.sampled_from([1, 2, (1, 2)]))
+    padding = draw(st.sampled_from([0, 1, 2, (0, 1), (2, 1), "same", "valid"]))
+    s, d = conv_mod._pair(stride, "", "", 1), conv_mod._pair(dilation, "", "", 1)
+    pads = conv_mod.conv_padding(padding, (H, W), (kh, kw), s, d)
+    for size, (p0, p1), k, dd in zip((H, W), pads, (kh, kw), d):
+        if size + p0 + p1 < dd * (k - 1) + 1:   # kernel larger than the padded input: see test_errors
+            H, W = H + dd * (k - 1) + 1, W + dd * (k - 1) + 1
+            pads = conv_mod.conv_padding(padding, (H, W), (kh, kw), s, d)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((N, Cg * groups, H, W))
+    w = rng.standard_normal((Og * groups, Cg, kh, kw))
+    b = rng.standard_normal(Og * groups) if draw(st.booleans()) else None
+    return x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups), (s, pads, d)
+
+
+@pytest.fixture(params=[None, 1, 2], ids=["one-chunk", "chunk-1-image", "chunk-2-images"])
+def chunking(request, monkeypatch):
+    """Run with the default chunk size, or with chunks of 1 or 2 images (ragged last chunk)."""
+    if request.param is not None:
+        monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: min(n, request.param))
+    return request.param
+
+
+@given(conv_cases())
+def test_forward_matches_loops(case):
+    x, w, b, kw, (s, pads, d) = case
+    expected = reference_conv(x, w, b, s, pads, d, kw["groups"])
+    y = ops.conv2d(tensor(x), tensor(w), None if b is None else tensor(b), **kw)
+    np.testing.assert_allclose(y.data, expected, rtol=1e-12, atol=1e-12)
+    y32 = ops.conv2d(tensor(x.astype(np.float32)), tensor(w.astype(np.float32)),
+                     None if b is None else tensor(b.astype(np.float32)), **kw)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32.data, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("chunking")
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the chunk size holds for all examples
+@given(conv_cases(max_side=5))
+def test_gradients_match_finite_differences(case):
+    x, w, b, kw, _ = case
+    inputs = [tensor(x, requires_grad=True), tensor(w, requires_grad=True)]
+    if b is not None:
+        inputs.append(tensor(b, requires_grad=True))
+    assert gradcheck(lambda *t: ops.conv2d(*t, **kw), inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("need", ["x", "w", "b", "xb", "wb"])
+def test_partial_gradients(need, chunking):
+    """Each subset of inputs requiring grad gets exactly its gradients (the others are skipped)."""
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((3, 4, 6, 5)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
+    kw = dict(stride=(2, 1), padding="same", dilation=1, groups=2)
+    full = [tensor(a, requires_grad=True) for a in (x, w, b)]
+    gy = rng.standard_normal(ops.conv2d(*full, **kw).shape)
+    ops.conv2d(*full, **kw).backward(gy)
+    part = [tensor(a, requires_grad=k in need) for a, k in zip((x, w, b), "xwb")]
+    ops.conv2d(*part, **kw).backward(gy)
+    for f, p, k in zip(full, part, "xwb"):
+        if k in need:
+            np.testing.assert_allclose(p.grad, f.grad, rtol=1e-12, atol=1e-12)
+        else:
+            assert p.grad is None
+
+
+def test_pointwise_path_matches_loops():
+    rng = np.random.default_rng(2)
+    x, w, b = rng.standard_normal((2, 5, 4, 3)), rng.standard_normal((7, 5, 1, 1)), rng.standard_normal(7)
+    y = ops.conv2d(tensor(x), tensor(w), tensor(b))
+    np.testing.assert_allclose(y.data, reference_conv(x, w, b, (1, 1), ((0, 0), (0, 0)), (1, 1), 1), rtol=1e-12)
+    inputs = [tensor(a, requires_grad=True) for a in (x, w, b)]
+    assert gradcheck(lambda *t: ops.conv2d(*t), inputs, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("H,k,s,d", [(7, 2, 1, 1), (7, 3, 2, 1), (8, 3, 2, 1), (9, 4, 3, 1), (6, 3, 1, 2), (5, 1, 2, 1)])
+def test_same_padding_rule(H, k, s, d):
+    """Output ⌈H/s⌉; the total padding (TensorFlow's rule) is split with the extra pixel after."""
+    (pt, pb), _ = conv_mod.conv_padding("same", (H, H), (k, k), (s, s), (d, d))
+    assert (H + pt + pb - d * (k - 1) - 1) // s + 1 == -(-H // s)
+    assert pb - pt in (0, 1) and pt + pb == max((-(-H // s) - 1) * s + (k - 1) * d + 1 - H, 0)
+    x = np.random.default_rng(0).standard_normal((1, 2, H, H))
+    w = np.random.default_rng(1).standard_normal((3, 2, k, k))
+    y = ops.conv2d(tensor(x), tensor(w), None, s, "same", d)
+    np.testing.assert_allclose(y.data, reference_conv(x, w, None, (s, s), ((pt, pb), (pt, pb)), (d, d), 1),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_valid_padding_is_zero_padding():
+    x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
+    assert ops.conv2d(tensor(x), tensor(w), padding="valid").shape == (1, 1, 3, 3)
+
+
+def test_float32_stays_float32_in_every_gradient():
+    rng = np.random.default_rng(3)
+    ts = [tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True) for s in ((2, 3, 5, 5), (4, 3, 3, 3), (4,))]
+    ops.conv2d(*ts, padding=1).sum().backward()
+    assert all(t.grad.dtype == np.float32 and t.grad.shape == t.shape for t in ts)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,err,match", [
+    ((2, 3, 8, 8), (4, 2, 3, 3), {}, ValueError, "3 channels"),
+    ((2, 4, 8, 8), (6, 2, 3, 3), {"groups": 4}, ValueError, "groups=4 must divide"),
+    ((2, 3, 2, 8), (4, 3, 3, 3), {}, ValueError, "larger|more than the padded input"),
+    ((2, 3, 4, 4), (4, 3, 3, 3), {"dilation": 3, "padding": 1}, ValueError, "more than the padded input"),
+    ((3, 8, 8), (4, 3, 3, 3), {}, ValueError, "4-D input"),
+    ((2, 3, 8, 8), (4, 3, 3), {}, ValueError, "4-D weight"),
+    ((2, 3, 8, 8), (4, 3, 3, 3), {"padding": "full"}, ValueError, "'valid' or 'same'"),
+    ((2, 3, 8, 8), (4, 3, 3, 3), {"stride": 0}, ValueError, "stride must be >= 1"),
+    ((2, 3, 8, 8), (4, 3, 3, 3), {"stride": (1, 2, 3)}, TypeError, "pair"),
+])
+def test_errors_name_the_problem(x_shape, w_shape, kw, err, match):
+    with pytest.raises(err, match=match):
+        ops.conv2d(tensor(np.ones(x_shape, np.float32)), tensor(np.ones(w_shape, np.float32)), **kw)
+
+
+def test_dtype_errors():
+    x, w = np.ones((1, 2, 4, 4), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ops.conv2d(tensor(x.astype(np.int64)), tensor(w))
+    with pytest.raises(TypeError, match="weight dtype float64 differs"):
+        ops.conv2d(tensor(x), tensor(w.astype(np.float64)))
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        ops.conv2d(tensor(x), tensor(w), tensor(np.ones(2, np.float32)))
+
+
+def test_module_init_shapes_and_repr():
+    minicnn.manual_seed(0)
+    conv = nn.Conv2d(16, 64, 3, padding="same", groups=2)
+    assert conv.weight.shape == (64, 8, 3, 3) and conv.weight.dtype == np.float32
+    assert np.all(conv.bias.data == 0)
+    std = np.sqrt(2.0 / (8 * 9))                          # Kaiming normal, fan_in, ReLU gain
+    assert abs(conv.weight.data.std() / std - 1) < 0.05
+    assert set(conv.state_dict()) == {"weight", "bias"}
+    assert conv(tensor(np.ones((2, 16, 5, 5), np.float32))).shape == (2, 64, 5, 5)
+    assert "groups=2" in repr(conv)
+    assert nn.Conv2d(3, 4, (1, 3), bias=False).bias is None
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        nn.Conv2d(4, 6, 3, groups=3)
+
+
+@given(conv_cases())
+def test_matches_torch(torch, against_torch, case):
+    x, w, b, kw, (s, ((pt, pb), (pl, pr)), d) = case
+    F = torch.nn.functional
+
+    def torch_conv(x, w, b=None):       # explicit pad: torch's 'same' needs stride 1
+        return F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, s, 0, d, kw["groups"])
+
+    args = (x, w) if b is None else (x, w, b)
+    against_torch(lambda *t: ops.conv2d(*t, **kw), torch_conv, *args)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_same_matches_torch_same_at_stride_1(torch, against_torch):
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 4, 3)), rng.standard_normal(4)
+    against_torch(lambda *t: ops.conv2d(*t, padding="same", dilation=(1, 2)),
+                  lambda *t: torch.nn.functional.conv2d(*t, padding="same", dilation=(1, 2)), x, w, b)

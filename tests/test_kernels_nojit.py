@@ -1,0 +1,51 @@
+"""The conv and pool kernels run as plain Python (NUMBA_DISABLE_JIT=1, in a subprocess)
+and give the same results as the compiled kernels: the source people read and debug
+is the code that runs."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CASES = """
+import numpy as np
+
+def grads(fn, *arrays):
+    ts = [tensor(a, requires_grad=True) for a in arrays]
+    y = fn(*ts)
+    y.backward(np.cos(np.arange(y.size)).reshape(y.shape))
+    return [y.data] + [t.grad for t in ts]
+
+def run():
+    rng = np.random.default_rng(0)
+    x = rng.permutation(3 * 4 * 7 * 6).reshape(3, 4, 7, 6) * 0.01
+    w = rng.standard_normal((6, 2, 3, 2))
+    b = rng.standard_normal(6)
+    out = {}
+    conv = lambda x, w, b: ops.conv2d(x, w, b, stride=(2, 1), padding="same", dilation=(1, 2), groups=2)
+    out["conv"] = grads(conv, x, w, b)
+    out["pointwise"] = grads(lambda x, w: ops.conv2d(x, w), x, rng.standard_normal((5, 4, 1, 1)))
+    out["max"] = grads(lambda x: ops.max_pool2d(x, 3, 2, 1, ceil_mode=True), x)
+    out["avg"] = grads(lambda x: ops.avg_pool2d(x, (3, 2), 2, 1, True, False), x)
+    out["adaptive"] = grads(lambda x: ops.adaptive_avg_pool2d(x, (3, 4)), x)
+    out["global"] = grads(lambda x: ops.adaptive_avg_pool2d(x, 1), x)
+    return {f"{k}_{i}": a for k, v in out.items() for i, a in enumerate(v)}
+"""
+
+
+def test_kernels_without_jit_match_compiled(tmp_path):
+    path = tmp_path / "nojit.npz"
+    script = CASES + f"\nimport numba\nassert numba.config.DISABLE_JIT\nnp.savez({str(path)!r}, **run())\n"
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1",
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    namespace = {}
+    exec(CASES, namespace)
+    compiled = namespace["run"]()
+    python = np.load(path)
+    assert set(python.files) == set(compiled)
+    for key, value in compiled.items():
+        np.testing.assert_allclose(python[key], value, rtol=1e-13, atol=1e-13, err_msg=key)
