@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CASES = """
 import numpy as np
+from minicnn import ops, tensor
 
 def grads(fn, *arrays):
     ts = [tensor(a, requires_grad=True) for a in arrays]
