@@ -126,21 +126,25 @@ class _Recorder(Callback):
         self.calls.append("train_end")
 
 
+def flaky(at, factor):
+    """Cross-entropy, multiplied by ``factor`` (nan, inf) on call number ``at``; counts calls."""
+    def loss(logits, y):
+        loss.calls += 1
+        value = ops.cross_entropy(logits, y)
+        return value * factor if loss.calls == at else value
+    loss.calls = 0
+    return loss
+
+
 def test_nan_loss_stops_with_the_last_good_weights():
-    calls = {"n": 0}
-
-    def flaky_loss(logits, y):
-        calls["n"] += 1
-        loss = ops.cross_entropy(logits, y)
-        return loss * float("nan") if calls["n"] == 7 else loss
-
+    flaky_loss = flaky(7, float("nan"))
     model = mlp()
     rec = _Recorder()
     out = io.StringIO()
     trainer = Trainer(model, blobs(), Adam(model.parameters()), loss=flaky_loss, batch_size=32,
                       callbacks=[rec, TerminateOnNaN()], stream=out)
     history = trainer.fit(5)
-    assert calls["n"] == 7 and len(history) == 0 and trainer.epoch == 0
+    assert flaky_loss.calls == 7 and len(history) == 0 and trainer.epoch == 0
     assert rec.calls == ["train_begin", "epoch_begin 0", "train_end"]
     final = model.state_dict()
     assert all(np.array_equal(final[k], rec.good[k]) and np.all(np.isfinite(final[k])) for k in final)
@@ -148,16 +152,9 @@ def test_nan_loss_stops_with_the_last_good_weights():
 
 
 def test_nan_batches_are_skipped_without_terminate_on_nan():
-    calls = {"n": 0}
-
-    def flaky_loss(logits, y):
-        calls["n"] += 1
-        loss = ops.cross_entropy(logits, y)
-        return loss * float("inf") if calls["n"] == 2 else loss
-
     model = mlp()
     out = io.StringIO()
-    history = fit(model, blobs(128), epochs=1, optimizer=Adam(model.parameters()), loss=flaky_loss,
+    history = fit(model, blobs(128), epochs=1, optimizer=Adam(model.parameters()), loss=flaky(2, float("inf")),
                   batch_size=32, stream=out)
     assert len(history) == 1 and not np.isfinite(history["loss"][0])
     assert all(np.all(np.isfinite(v)) for v in model.state_dict().values())
