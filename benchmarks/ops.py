@@ -77,52 +77,38 @@ def _median_ms(fn, reps):
     return statistics.median(times) * 1e3
 
 
-def _minicnn_cases(spec, kind, rng):
-    import numpy as np
+def _framework(name):
+    """(tensor(array, requires_grad), conv2d, max_pool2d, global average pool, no_grad) of a framework."""
+    if name == "torch":
+        import torch
+        F = torch.nn.functional
+        return (lambda a, g: torch.tensor(a, requires_grad=g), F.conv2d, F.max_pool2d,
+                lambda x: F.adaptive_avg_pool2d(x, 1), torch.no_grad)
     import minicnn
     from minicnn import ops
-    if kind == "conv":
-        N, C, H, W, O, k, s, p, bias, first = spec
-        x = minicnn.tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), requires_grad=not first)
-        w = minicnn.tensor(rng.standard_normal((O, C, k, k), dtype=np.float32) * 0.1, requires_grad=True)
-        b = minicnn.tensor(np.zeros(O, np.float32), requires_grad=True) if bias else None
-        layer = lambda: ops.conv2d(x, w, b, s, p)  # noqa: E731
-    else:
-        N, C, H, W, pk, k = spec
-        x = minicnn.tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), requires_grad=True)
-        layer = (lambda: ops.max_pool2d(x, k)) if pk == "max" else (lambda: ops.adaptive_avg_pool2d(x, 1))
-    with minicnn.no_grad():
-        gy = np.ones(layer().shape, np.float32)
-
-    def forward():
-        with minicnn.no_grad():
-            layer()
-
-    def forward_backward():
-        layer().backward(gy)
-
-    return forward, forward_backward
+    return (lambda a, g: minicnn.tensor(a, requires_grad=g), ops.conv2d, ops.max_pool2d,
+            lambda x: ops.adaptive_avg_pool2d(x, 1), minicnn.no_grad)
 
 
-def _torch_cases(spec, kind, rng):
+def _cases(framework, spec, kind, rng):
+    """(forward, forward+backward) closures for one layer; float32 inputs as in training."""
     import numpy as np
-    import torch
-    F = torch.nn.functional
+    tensor, conv2d, max_pool2d, global_pool, no_grad = framework
     if kind == "conv":
         N, C, H, W, O, k, s, p, bias, first = spec
-        x = torch.tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), requires_grad=not first)
-        w = torch.tensor(rng.standard_normal((O, C, k, k), dtype=np.float32) * 0.1, requires_grad=True)
-        b = torch.zeros(O, requires_grad=True) if bias else None
-        layer = lambda: F.conv2d(x, w, b, s, p)  # noqa: E731
+        x = tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), not first)
+        w = tensor(rng.standard_normal((O, C, k, k), dtype=np.float32) * 0.1, True)
+        b = tensor(np.zeros(O, np.float32), True) if bias else None
+        layer = lambda: conv2d(x, w, b, s, p)  # noqa: E731
     else:
         N, C, H, W, pk, k = spec
-        x = torch.tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), requires_grad=True)
-        layer = (lambda: F.max_pool2d(x, k)) if pk == "max" else (lambda: F.adaptive_avg_pool2d(x, 1))
-    with torch.no_grad():
-        gy = torch.ones(layer().shape)
+        x = tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), True)
+        layer = (lambda: max_pool2d(x, k)) if pk == "max" else (lambda: global_pool(x))
+    with no_grad():
+        gy = tensor(np.ones(layer().shape, np.float32), False)
 
     def forward():
-        with torch.no_grad():
+        with no_grad():
             layer()
 
     def forward_backward():
@@ -133,18 +119,15 @@ def _torch_cases(spec, kind, rng):
 
 def worker(framework, reps, threads):
     """Time every layer in this process; print {layer: [forward ms, forward+backward ms]}."""
+    fw = _framework(framework)   # first: minicnn sets the thread-pool defaults before numpy starts
     if framework == "torch":
         import torch
         torch.set_num_threads(threads)
-        make = _torch_cases
-    else:
-        import minicnn  # noqa: F401  (first: sets the thread-pool defaults before numpy starts)
-        make = _minicnn_cases
     import numpy as np
     rng = np.random.default_rng(0)
     result = {}
     for name, _, _, kind, spec in LAYERS:
-        fwd, fwd_bwd = make(spec, kind, rng)
+        fwd, fwd_bwd = _cases(fw, spec, kind, rng)
         result[name] = [_median_ms(fwd, reps), _median_ms(fwd_bwd, reps)]
     print(json.dumps(result))
 

@@ -16,7 +16,11 @@ by ``Ho``/``Wo``, which is how asymmetric ('same') padding is handled without a
 padded copy of ``x``.
 
 All kernels are plain Python functions compiled with ``njit`` below, so
-``NUMBA_DISABLE_JIT=1`` runs them as Python.
+``NUMBA_DISABLE_JIT=1`` runs them as Python.  Inside the parallel loops they index
+the arrays directly with indices cast to unsigned (they are never negative): with
+signed ones Numba checks every access for negative wraparound, which stops LLVM
+from vectorizing (~4x slower here), and slicing a view per row costs reference
+counting on every slice.
 """
 import numpy as np
 from numba import njit, prange
@@ -47,32 +51,28 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, cols):
     L = Ho * Wo
     kk = kh * kw
     # One task per (channel, image) plane, which stays in L1 while its kh*kw rows
-    # are written.  Inner indices are cast to unsigned (they are never negative):
-    # with signed ones Numba checks for negative wraparound on every access inside
-    # a prange body, which stops vectorization and costs ~4x here.
+    # are written.  See the module docstring for the unsigned indices.
     for t in prange(C * nb):
         c = t // nb
         n = t - c * nb
-        plane = x[n, c]
         for i in range(kh):
             for j in range(kw):
-                row = cols[(c * kk + i * kw + j), n * L:(n + 1) * L]
+                r = _u(c * kk + i * kw + j)
                 lo, hi = valid_range(Wo, sw, pw, j * dw, W)
                 iw0 = lo * sw - pw + j * dw
                 for oh in range(Ho):
-                    d = oh * Wo
+                    d = n * L + oh * Wo
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= H:
-                        for q in range(Wo):
-                            row[_u(d + q)] = 0
-                        continue
-                    for q in range(lo):
-                        row[_u(d + q)] = 0
-                    src = plane[ih]
-                    for q in range(hi - lo):
-                        row[_u(d + lo + q)] = src[_u(iw0 + q * sw)]
-                    for q in range(hi, Wo):
-                        row[_u(d + q)] = 0
+                        lo_row, hi_row = Wo, Wo
+                    else:
+                        lo_row, hi_row = lo, hi
+                    for q in range(lo_row):
+                        cols[r, _u(d + q)] = 0
+                    for q in range(hi_row - lo_row):
+                        cols[r, _u(d + lo + q)] = x[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)]
+                    for q in range(hi_row, Wo):
+                        cols[r, _u(d + q)] = 0
 
 
 def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dx):
@@ -86,21 +86,21 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dx):
     for t in prange(C * nb):
         c = t // nb
         n = t - c * nb
-        plane = dx[n, c]
-        plane[:, :] = 0
+        for h in range(H):
+            for w in range(W):
+                dx[_u(n), _u(c), _u(h), _u(w)] = 0
         for i in range(kh):
             for j in range(kw):
-                row = cols[(c * kk + i * kw + j), n * L:(n + 1) * L]
+                r = _u(c * kk + i * kw + j)
                 lo, hi = valid_range(Wo, sw, pw, j * dw, W)
                 iw0 = lo * sw - pw + j * dw
                 for oh in range(Ho):
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= H:
                         continue
-                    d = oh * Wo + lo
-                    dst = plane[ih]
+                    d = n * L + oh * Wo + lo
                     for q in range(hi - lo):
-                        dst[_u(iw0 + q * sw)] += row[_u(d + q)]
+                        dx[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)] += cols[r, _u(d + q)]
 
 
 def _cols_to_nchw(ycols, bias, y):
@@ -114,10 +114,8 @@ def _cols_to_nchw(ycols, bias, y):
         o = t // nb
         n = t - o * nb
         b = bias[o] if has_bias else 0
-        dst = y[n, o]
-        src = ycols[o, n * L:(n + 1) * L]
         for q in range(L):
-            dst[_u(q)] = src[_u(q)] + b
+            y[_u(n), _u(o), _u(q)] = ycols[_u(o), _u(n * L + q)] + b
 
 
 def _nchw_to_cols(gy, gcols, gbias):
@@ -129,13 +127,10 @@ def _nchw_to_cols(gy, gcols, gbias):
     for o in prange(O):
         s = 0.0
         for n in range(nb):
-            src = gy[n, o]
-            dst = gcols[o, n * L:(n + 1) * L]
             for q in range(L):
-                dst[_u(q)] = src[_u(q)]
-            if has_bias:
-                for q in range(L):
-                    s += src[_u(q)]
+                v = gy[_u(n), _u(o), _u(q)]
+                gcols[_u(o), _u(n * L + q)] = v
+                s += v
         if has_bias:
             gbias[o] += s
 
@@ -144,4 +139,5 @@ valid_range = njit(cache=True, inline="always")(_valid_range)
 im2col = njit(cache=True, parallel=True)(_im2col)
 col2im = njit(cache=True, parallel=True)(_col2im)
 cols_to_nchw = njit(cache=True, parallel=True)(_cols_to_nchw)
-nchw_to_cols = njit(cache=True, parallel=True)(_nchw_to_cols)
+# reassoc: lets the float64 bias-gradient sum vectorize (a different, not worse, rounding order)
+nchw_to_cols = njit(cache=True, parallel=True, fastmath={"reassoc"})(_nchw_to_cols)

@@ -10,43 +10,47 @@ only in those bounds, which ``minicnn.ops.pool`` computes, so one kernel serves
 each reduction.  Inputs are stacks of planes ``(P, H, W)``, P = N*C, one parallel
 task per plane, so backward passes never race.
 """
+import numpy as np
 from numba import njit, prange
+
+# Never-negative indices are cast to unsigned only where they index (no wraparound
+# check, see kernels/conv.py); arithmetic stays signed, as uint64 op int64 is float64.
+_u = np.uint64
 
 
 def _max_pool(x, hlo, hhi, wlo, whi, y, argmax):
     """y[p, oh, ow] = max of x[p] over the window; argmax[p, oh, ow] = h*W + w of the
-    first maximum in row-major order (NaN counts as the maximum).
+    first maximum in row-major order (a NaN in the window wins: the last one, as PyTorch).
 
     x (P, H, W); y (P, Ho, Wo); argmax int32 (P, Ho, Wo)."""
     P, H, W = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
     for p in prange(P):
-        plane = x[p]
+        p_ = _u(p)
         for oh in range(Ho):
             for ow in range(Wo):
-                best = plane[hlo[oh], wlo[ow]]
-                arg = hlo[oh] * W + wlo[ow]
-                for h in range(hlo[oh], hhi[oh]):
-                    row = plane[h]
-                    for w in range(wlo[ow], whi[ow]):
-                        v = row[w]
-                        if v > best or (v != v and best == best):
+                h0, w0 = hlo[oh], wlo[ow]
+                best = x[p_, _u(h0), _u(w0)]
+                arg = h0 * W + w0
+                for h in range(h0, hhi[oh]):
+                    for w in range(w0, whi[ow]):
+                        v = x[p_, _u(h), _u(w)]
+                        if v > best or v != v:   # NaN propagates, as in PyTorch
                             best = v
                             arg = h * W + w
-                y[p, oh, ow] = best
-                argmax[p, oh, ow] = arg
+                y[p_, _u(oh), _u(ow)] = best
+                argmax[p_, _u(oh), _u(ow)] = arg
 
 
 def _max_pool_backward(gy, argmax, gx):
     """gx[p, argmax[p, k]] += gy[p, k]; gy, argmax (P, Ho*Wo); gx (P, H*W) overwritten."""
     P, L = gy.shape
     for p in prange(P):
-        g = gx[p]
-        g[:] = 0
-        src = gy[p]
-        idx = argmax[p]
+        p_ = _u(p)
+        for k in range(gx.shape[1]):
+            gx[p_, _u(k)] = 0
         for k in range(L):
-            g[idx[k]] += src[k]
+            gx[p_, _u(argmax[p_, _u(k)])] += gy[p_, _u(k)]
 
 
 def _avg_pool(x, hlo, hhi, wlo, whi, hdiv, wdiv, y):
@@ -57,33 +61,33 @@ def _avg_pool(x, hlo, hhi, wlo, whi, hdiv, wdiv, y):
     P = x.shape[0]
     Ho, Wo = y.shape[1], y.shape[2]
     for p in prange(P):
-        plane = x[p]
+        p_ = _u(p)
         for oh in range(Ho):
             for ow in range(Wo):
                 s = 0.0
                 for h in range(hlo[oh], hhi[oh]):
-                    row = plane[h]
                     for w in range(wlo[ow], whi[ow]):
-                        s += row[w]
-                y[p, oh, ow] = s / (hdiv[oh] * wdiv[ow])
+                        s += x[p_, _u(h), _u(w)]
+                y[p_, _u(oh), _u(ow)] = s / (hdiv[oh] * wdiv[ow])
 
 
 def _avg_pool_backward(gy, hlo, hhi, wlo, whi, hdiv, wdiv, gx):
     """gx[p, h, w] = Σ over the windows holding (h, w) of gy[p, oh, ow] / (hdiv[oh] * wdiv[ow]).
 
     gy (P, Ho, Wo); gx (P, H, W) overwritten."""
-    P = gx.shape[0]
+    P, H, W = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
     for p in prange(P):
-        plane = gx[p]
-        plane[:, :] = 0
+        p_ = _u(p)
+        for h in range(H):
+            for w in range(W):
+                gx[p_, _u(h), _u(w)] = 0
         for oh in range(Ho):
             for ow in range(Wo):
-                g = gy[p, oh, ow] / (hdiv[oh] * wdiv[ow])
+                g = gy[p_, _u(oh), _u(ow)] / (hdiv[oh] * wdiv[ow])
                 for h in range(hlo[oh], hhi[oh]):
-                    row = plane[h]
                     for w in range(wlo[ow], whi[ow]):
-                        row[w] += g
+                        gx[p_, _u(h), _u(w)] += g
 
 
 max_pool = njit(cache=True, parallel=True)(_max_pool)
