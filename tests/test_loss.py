@@ -91,13 +91,20 @@ def test_cross_entropy_vs_torch(case, against_torch, torch):
                   lambda v: torch.nn.functional.cross_entropy(v, torch.tensor(target), **theirs), x)
 
 
-def test_cross_entropy_accepts_a_tensor_target_and_a_tensor_free_weight(rng):
+def test_cross_entropy_accepts_a_tensor_target(rng):
     x = rng.standard_normal((3, 4))
     y = np.array([0, 3, 1])
     a = ops.cross_entropy(tensor(x), tensor(y))
     b = ops.cross_entropy(tensor(x), y)
     assert a.item() == b.item()
     np.testing.assert_allclose(a.item(), reference_cross_entropy(x, y, None, "mean", 0.0, -100), rtol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="_target_weights calls np.asarray on a Tensor weight (BCE unwraps it)")
+def test_cross_entropy_accepts_a_tensor_class_weight(rng):
+    x, y, w = rng.standard_normal((3, 4)), np.array([0, 3, 1]), rng.uniform(0.5, 2, 4)
+    a = ops.cross_entropy(tensor(x), y, weight=tensor(w))
+    np.testing.assert_array_equal(a.data, ops.cross_entropy(tensor(x), y, weight=w).data)
 
 
 @given(case=ce_case(probabilities=False))
