@@ -141,6 +141,9 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    def __bool__(self):
+        return bool(self.data)  # NumPy's rule: ambiguous for more than one element
+
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
         body = np.array2string(self.data, separator=", ", prefix="tensor(")

@@ -100,7 +100,6 @@ def test_cross_entropy_accepts_a_tensor_target(rng):
     np.testing.assert_allclose(a.item(), reference_cross_entropy(x, y, None, "mean", 0.0, -100), rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="_target_weights calls np.asarray on a Tensor weight (BCE unwraps it)")
 def test_cross_entropy_accepts_a_tensor_class_weight(rng):
     x, y, w = rng.standard_normal((3, 4)), np.array([0, 3, 1]), rng.uniform(0.5, 2, 4)
     a = ops.cross_entropy(tensor(x), y, weight=tensor(w))
@@ -126,7 +125,7 @@ def test_nll_loss_forward_gradient_and_torch(case, against_torch, torch):
 def test_nll_of_log_softmax_equals_cross_entropy(rng):
     x = tensor(rng.standard_normal((5, 3)))
     y = np.array([0, 2, 1, 1, 0])
-    np.testing.assert_allclose(ops.nll_loss(ops.log_softmax(x, axis=1), y).data, ops.cross_entropy(x, y).data,
+    np.testing.assert_allclose(ops.nll_loss(ops.log_softmax(x, dim=1), y).data, ops.cross_entropy(x, y).data,
                                rtol=1e-6)
 
 
@@ -191,7 +190,6 @@ def test_bce_with_logits_at_extreme_logits(dtype):
     np.testing.assert_allclose(x.grad, [0.0, 1.0, -2.0, 0.0])
 
 
-@pytest.mark.xfail(strict=True, reason="BCEWithLogits takes softplus(-x) = softplus(x) - x, which cancels for large x")
 def test_bce_with_logits_is_accurate_for_confident_predictions():
     x = np.array([30.0, 40.0, -30.0, -40.0])
     y = np.array([1.0, 1.0, 0.0, 0.0])
@@ -203,7 +201,7 @@ def test_bce_with_logits_is_accurate_for_confident_predictions():
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @given(data=st.data())
 def test_mse_loss_forward_and_gradient(reduction, data):
-    shape = data.draw(shapes(min_dims=1, max_dims=3))  # 0-d: test_reduction_of_a_0d_tensor
+    shape = data.draw(shapes(min_dims=0, max_dims=3))
     x, y = data.draw(arrays(shape)), data.draw(arrays(shape))
     tx, ty = tensor(x, requires_grad=True), tensor(y, requires_grad=True)
     out = ops.mse_loss(tx, ty, reduction=reduction)

@@ -33,4 +33,4 @@ def expand_reduced(grad, axes, shape, keepdims):
     """Broadcast the gradient of a reduction back to the input ``shape`` (contiguous)."""
     if not keepdims:
         grad = np.expand_dims(grad, axes)
-    return np.ascontiguousarray(np.broadcast_to(grad, shape))
+    return np.broadcast_to(grad, shape).copy()

@@ -162,8 +162,8 @@ def relu6(x): return ReLU6.apply(x)
 def leaky_relu(x, negative_slope=0.01): return LeakyReLU.apply(x, slope=negative_slope)
 def sigmoid(x): return Sigmoid.apply(x)
 def tanh(x): return Tanh.apply(x)
-def softmax(x, axis=-1): return Softmax.apply(x, axis=axis)
-def log_softmax(x, axis=-1): return LogSoftmax.apply(x, axis=axis)
+def softmax(x, dim=-1): return Softmax.apply(x, axis=dim)
+def log_softmax(x, dim=-1): return LogSoftmax.apply(x, axis=dim)
 
 
 def gelu(x, approximate="none"):

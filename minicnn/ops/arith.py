@@ -120,10 +120,10 @@ class MatMul(Function):
         a, b = ctx.saved
         a2 = a[None, :] if a.ndim == 1 else a       # (k,) -> (1, k)
         b2 = b[:, None] if b.ndim == 1 else b       # (k,) -> (k, 1)
+        if b.ndim == 1:  # restore the axes NumPy dropped, last one first
+            g = np.expand_dims(g, -1)
         if a.ndim == 1:
             g = np.expand_dims(g, -2)
-        if b.ndim == 1:
-            g = np.expand_dims(g, -1)
         ga = gb = None
         if ctx.needs_input_grad[0]:
             ga = unbroadcast(g @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
@@ -245,5 +245,7 @@ def astype(x, dtype): return AsType.apply(x, dtype=np.dtype(dtype))
 def where(cond, a, b):
     """Elementwise ``a if cond else b``; ``cond`` is a bool array or tensor (no gradient)."""
     cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        return Tensor(np.where(cond, a, b))
     a, b = _operands(a, b)
     return Where.apply(a, b, cond=cond)

@@ -31,6 +31,8 @@ def _check_reduction(reduction):
 def _target_weights(logits, target, weight, label_smoothing, ignore_index):
     """Q (N, C) and the mean-reduction denominator, as in the module docstring."""
     n, c = logits.shape
+    if isinstance(weight, Tensor):
+        weight = weight.data
     w = np.ones(c, logits.dtype) if weight is None else np.asarray(weight, logits.dtype)
     if w.shape != (c,):
         raise ValueError(f"class weight must have shape ({c},), got {w.shape}")
@@ -134,8 +136,9 @@ class BCEWithLogits(Function):
     def forward(ctx, x, y=None, weight=None, pos_weight=None, reduction="mean"):
         p = 1.0 if pos_weight is None else pos_weight
         w = 1.0 if weight is None else weight
-        softplus_pos = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))   # softplus(x)
-        softplus_neg = softplus_pos - x                                    # softplus(-x)
+        log1p_term = np.log1p(np.exp(-np.abs(x)))
+        softplus_pos = np.maximum(x, 0) + log1p_term     # softplus(x)
+        softplus_neg = np.maximum(-x, 0) + log1p_term    # softplus(-x), not softplus(x) - x: no cancellation
         loss = w * (p * y * softplus_neg + (1 - y) * softplus_pos)
         ctx.save_for_backward(x, y)
         ctx.w, ctx.p, ctx.reduction = w, p, reduction
