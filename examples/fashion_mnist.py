@@ -142,7 +142,8 @@ def main(argv=None):
                       callbacks=callbacks, scheduler=scheduler, transform=transform, seed=args.seed,
                       verbose=0 if args.quiet else 1)
     print(f"\nTraining {args.model} on {len(trainer.train_loader.labels):,} images, validating on "
-          f"{len(trainer.val_loader.labels):,}, for {args.epochs} epochs of batch {args.batch_size}"
+          f"{len(trainer.val_loader.labels):,}, for {args.epochs} epoch{'s' * (args.epochs > 1)} "
+          f"of batch {args.batch_size}"
           + (" with augmentation" if transform is not None else ""))
     start = time.perf_counter()
     history = trainer.fit(args.epochs)
@@ -151,8 +152,8 @@ def main(argv=None):
     logits = predict(model, test)
     pred = logits.argmax(axis=1)
     acc = float(np.mean(pred == test.labels))
-    print(f"\nTraining took {seconds:.0f} s ({seconds / 60:.1f} min) for {len(history)} epochs, "
-          f"{sum(history['time']) / len(history):.1f} s of training per epoch")
+    print(f"\nTraining took {seconds:.0f} s ({seconds / 60:.1f} min) for {len(history)} "
+          f"epoch{'s' * (len(history) != 1)}, validation included")
     print(f"Test accuracy: {acc:.4f} ({int(np.sum(pred == test.labels))}/{len(test)})\n")
     print(classification_report(test.labels, pred, test.classes))
 
