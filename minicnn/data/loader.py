@@ -137,7 +137,11 @@ class DataLoader:
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
         self.transform, self.train, self.prefetch = transform, train, depth
         self.dtype = np.dtype(dtype)
-        self.seed = _seed_from(seed)
+        # A loader with nothing random in it takes no draw from the global
+        # generator, so building an evaluation loader mid-training leaves the
+        # dropout and init streams where they were.
+        deterministic = seed is None and not shuffle and not augmentations(transform)
+        self.seed = 0 if deterministic else _seed_from(seed)
         self.epoch = 0
         if len(self) == 0:
             raise ValueError(f"drop_last with batch_size {batch_size} > {len(self.labels)} images "
