@@ -1,7 +1,7 @@
 """Look inside a CNN: activation statistics, gradient norms, filters, feature maps,
 and what weight initialisation does to a deep stack.
 
-    python examples/layer_internals.py               # about half a minute
+    python examples/layer_internals.py               # with 300 training steps (most of the time)
     python examples/layer_internals.py --steps 0     # no training: the CNN as initialised
 
 What it does (figures go to ``--out``, default runs/layer_internals):
