@@ -278,6 +278,17 @@ def test_efficientnet_lite0_classifies_daisies(daisy_logits):
     assert all(any(name == "daisy" for _, name, _ in p) for p in top5[:2])
 
 
+def test_efficientnet_lite0_recognizes_the_uniform_in_matplotlibs_sample_photo():
+    """Needs only the weights package: matplotlib (a dependency) ships grace_hopper.jpg."""
+    lite0_file()
+    cbook = pytest.importorskip("matplotlib.cbook")
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo = Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR)
+    x = P.efficientnet_lite0_transform()(np.asarray(photo).transpose(2, 0, 1)[None])
+    (best, *_), = decode_predictions(forward(efficientnet_lite0(pretrained=True), x), top=5)
+    assert best[:2] == (652, "military uniform")
+
+
 def test_efficientnet_lite0_new_head_and_headless_load_the_backbone(tmp_path):
     path = lite0_file()
     full = efficientnet_lite0(pretrained=True)
