@@ -66,14 +66,14 @@ def _env(**extra):
 
 # ------------------------------------------------------------------ workers
 
-def _median_ms(fn, reps):
+def _median_ms(fn, reps, clock):
     fn()
     fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times) * 1e3
 
 
@@ -117,7 +117,7 @@ def _cases(framework, spec, kind, rng):
     return forward, forward_backward
 
 
-def worker(framework, reps, threads):
+def worker(framework, reps, threads, clock):
     """Time every layer in this process; print {layer: [forward ms, forward+backward ms]}."""
     fw = _framework(framework)   # first: minicnn sets the thread-pool defaults before numpy starts
     if framework == "torch":
@@ -128,7 +128,7 @@ def worker(framework, reps, threads):
     result = {}
     for name, _, _, kind, spec in LAYERS:
         fwd, fwd_bwd = _cases(fw, spec, kind, rng)
-        result[name] = [_median_ms(fwd, reps), _median_ms(fwd_bwd, reps)]
+        result[name] = [_median_ms(fwd, reps, clock), _median_ms(fwd_bwd, reps, clock)]
     print(json.dumps(result))
 
 
@@ -160,9 +160,9 @@ def first_call_seconds(cache_dir=None):
 
 def run_worker(framework, args):
     n = str(args.threads)
-    env = _env(NUMBA_NUM_THREADS=n, OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)
+    env = _env(NUMBA_NUM_THREADS=n, MINICNN_NUM_THREADS=n, OMP_NUM_THREADS=n)
     out = subprocess.run([sys.executable, __file__, "--worker", framework, "--reps", str(args.reps),
-                          "--threads", str(args.threads)], env=env, check=True, capture_output=True, text=True)
+                          "--threads", str(args.threads), "--clock", args.clock], env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -225,11 +225,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: process CPU time, robust to a busy machine but meaningful only with --threads 1")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--worker", choices=["minicnn", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker, args.reps, args.threads)
+        return worker(args.worker, args.reps, args.threads,
+                      time.process_time if args.clock == "cpu" else time.perf_counter)
     first_call_seconds()  # make sure the cache is populated
     import_s, warm = first_call_seconds()
     with tempfile.TemporaryDirectory() as empty:

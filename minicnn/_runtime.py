@@ -1,22 +1,115 @@
-"""Thread-pool settings that must be in place before NumPy and Numba start.
+"""Threads: the environment set before NumPy and Numba start, and the worker pool
+that the convolutions use.
 
-On a small CPU two thread pools share the cores: OpenBLAS's (the GEMMs) and
-Numba's (im2col, col2im, pooling, normalization).  By default both spin-wait
-when idle, so each steals the cores the other is about to use; a NumPy+Numba
-CNN measured 3-35x slower that way.  Passive waiting and a short OpenBLAS
-thread timeout make an idle pool sleep instead.
+Two thread pools on a small CPU are the hazard measured here.  The convolution
+is a pipeline of short steps per chunk of images (im2col, GEMM, layout move,
+col2im); when each step is split across all cores, by Numba's pool and then by
+OpenBLAS's, every step ends in a barrier where one core waits for the other.
+On a quiet machine that costs some speed; when another process takes a core
+for a few milliseconds (this machine is shared), *every* barrier waits for that
+core to come back, and a conv layer's forward+backward measured 3-7x slower on
+two threads than on one (a NumPy+Numba CNN with default spinning pools, 3-35x).
+
+So minicnn parallelizes the convolution over chunks of images instead:
+:func:`parallel_for` runs the chunks on a few Python worker threads, each chunk
+entirely on one thread (serial Numba kernels compiled ``nogil``, a
+single-threaded GEMM; both release the GIL).  Threads pull chunks from a shared
+counter, so a thread that loses its core simply does fewer chunks: one join per
+layer instead of one per step, and no step waits on a descheduled thread.  For
+that, OpenBLAS must run single-threaded (two concurrent callers of a
+multi-threaded OpenBLAS would queue on its one server):
+
+    OPENBLAS_NUM_THREADS=1   GEMMs run on the calling thread (the conv workers
+                             supply the parallelism; other large matmuls, e.g. a
+                             linear layer, run on one core)
+    OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0
+                             Numba's OpenMP pool (pooling, normalization
+                             kernels) sleeps instead of spinning when idle, so
+                             it never steals a core from the conv workers
 
 The variables are only defaults: anything the user exported wins.  They take
-effect only if this module runs before ``numpy`` is first imported, which is why
-``minicnn/__init__.py`` imports it first.
+effect only if this module runs before ``numpy`` is first imported, which is
+why ``minicnn/__init__.py`` imports it first.  ``MINICNN_NUM_THREADS`` sets the
+number of conv workers (default: the CPUs this process may run on, as Numba).
 """
+import itertools
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 _DEFAULTS = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "OPENBLAS_THREAD_TIMEOUT": "4",   # if a user asks for more BLAS threads: let idle ones sleep
     "OMP_WAIT_POLICY": "PASSIVE",
-    "OPENBLAS_THREAD_TIMEOUT": "4",
     "KMP_BLOCKTIME": "0",
 }
 
 for _k, _v in _DEFAULTS.items():
     os.environ.setdefault(_k, _v)
+
+
+def num_threads():
+    """Worker threads for :func:`parallel_for`: ``MINICNN_NUM_THREADS`` or the usable CPUs."""
+    env = os.environ.get("MINICNN_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _executor():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(num_threads(), thread_name_prefix="minicnn")
+        return _pool
+
+
+def parallel_for(n_tasks, work):
+    """Call ``work(k, local)`` for k in 0..n_tasks-1, spread over the worker threads.
+
+    Each worker pulls the next k from a shared counter (dynamic scheduling) and
+    passes its own ``local`` dict to every call, for per-worker accumulators.
+    Returns the list of the workers' ``local`` dicts.  ``work`` must release the
+    GIL for its heavy parts (NumPy GEMMs and ``nogil`` Numba kernels do) and
+    must write disjoint outputs for different k.  Runs inline when there is one
+    task or one thread.  Not reentrant: ``work`` must not call ``parallel_for``."""
+    workers = min(n_tasks, num_threads())
+    if workers <= 1:
+        local = {}
+        for k in range(n_tasks):
+            work(k, local)
+        return [local]
+    counter = itertools.count()
+
+    def loop():
+        local = {}
+        for k in iter(counter.__next__, None):
+            if k >= n_tasks:
+                break
+            work(k, local)
+        return local
+
+    futures = [_executor().submit(loop) for _ in range(workers)]
+    return [f.result() for f in futures]
+
+
+_scratch = threading.local()
+
+
+def scratch(name, size, dtype):
+    """A 1-D work buffer of ``size`` elements owned by the calling thread.
+
+    Grows as needed and is reused across calls, so the hot loops do not pay for
+    fresh pages (large ``np.empty`` calls map new memory every time).  Valid until
+    the same thread asks for ``name`` again."""
+    import numpy as np
+    buffers = _scratch.__dict__
+    key = (name, np.dtype(dtype).str)
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buf = buffers[key] = np.empty(size, dtype)
+    return buf[:size]

@@ -1,42 +1,99 @@
-"""2-D convolution (cross-correlation, as in every framework) as im2col + GEMM.
+"""2-D convolution (cross-correlation, as in every framework) as im2row + GEMM.
 
     y[n, o, oh, ow] = b[o] + Σ_{c ∈ group(o), i, j} w[o, c, i, j] · x[n, c, oh·sh - pt + i·dh, ow·sw - pl + j·dw]
 
 x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) -> y (N, O, Ho, Wo) with
 Ho = ⌊(H + pt + pb - dh·(kh-1) - 1) / sh⌋ + 1 (likewise Wo).
 
-Per chunk of images, ``kernels.conv.im2col`` unrolls the windows into
-``cols (C·kh·kw, nb·Ho·Wo)`` and one batched GEMM per chunk does the work:
+Per chunk of images, ``kernels.conv.im2row`` unrolls the windows into one row per
+output pixel, ``rows (nb·Ho·Wo, C·kh·kw)``, and one GEMM per group does the work
+(Wr: the weight with each output channel's window in row order):
 
-    forward   Y_g  = W_g · cols_g                      (O/G, nb·L) per group g
-    backward  dW_g = Σ_chunks dY_g · cols_gᵀ
-              dcols_g = W_gᵀ · dY_g,  dx = col2im(dcols)
-              db  = Σ_{n, oh, ow} dY
+    forward   Yᵀ_g   = rows_g · Wr_gᵀ                 (nb·L, O/G), then NCHW (+ bias)
+    backward  dWr_g  = Σ_chunks dYᵀ_gᵀ · rows_g
+              drows_g = dYᵀ_g · Wr_g,   dx = row2im(drows)
+              db     = Σ_{n, oh, ow} dY
 
-Chunks keep the column matrix in cache and bound its memory; the backward pass
-recomputes it from x instead of keeping it alive between the passes.  A 1x1
-convolution with stride 1 and no padding needs no im2col at all: it is
-``W · x[n]`` per image, straight into NCHW.
+Chunks keep the row matrix in cache and bound its memory, and are spread over
+the worker threads (``minicnn._runtime.parallel_for``); the backward pass
+recomputes the rows from x instead of keeping them alive between the passes.  A
+1x1 convolution with stride 1 and no padding needs no im2row: its rows are the
+NHWC image itself.
 """
 import numpy as np
 
+from .._runtime import num_threads, parallel_for, scratch
 from ..kernels import conv as K
 from ..tensor import Function
 
-# Bytes of one chunk's column matrix: big enough for wide GEMMs, small enough to
-# stay in the 32 MB L3 between im2col writing it and the GEMM reading it.
-CHUNK_BYTES = 4 << 20
+# Bytes of one chunk's row matrix: big enough for efficient GEMMs, small enough that
+# a worker's rows stay in cache between im2row and the GEMMs.
+CHUNK_BYTES = 2 << 20
 _FLOATS = (np.float32, np.float64)
 
 
 def _chunk_images(n, col_bytes_per_image):
-    return max(1, min(n, CHUNK_BYTES // max(1, col_bytes_per_image)))
+    """Images per chunk: at most CHUNK_BYTES of rows, and at least one chunk per worker."""
+    chunks = max(num_threads(), -(-n * col_bytes_per_image // CHUNK_BYTES))
+    return max(1, -(-n // chunks))
+
+
+class _Plan:
+    """How a convolution splits into chunks of images, and the per-chunk pieces.
+
+    Per chunk (see ``minicnn.kernels.conv`` for the layouts): the NHWC copy ``xh``
+    (nb, H, W, C), the pixel-major ``rows`` (nb·L, K) and a GEMM output (nb·L, O)."""
+
+    def __init__(self, x, w, geometry):
+        (sh, sw), (pt, pl), (dh, dw), self.groups, (Ho, Wo) = geometry
+        self.N, self.C, self.H, self.W = x.shape
+        self.O, self.L = w.shape[0], Ho * Wo
+        self.K = self.C * w.shape[2] * w.shape[3]
+        self.pointwise = w.shape[2:] == (1, 1) and geometry[:2] == ((1, 1), (0, 0)) and self.groups == 1
+        self.nb = _chunk_images(self.N, self.K * self.L * x.itemsize)
+        self.n_chunks = -(-self.N // self.nb)
+        self.kernel_args = (self.groups, w.shape[2], w.shape[3], sh, sw, pt, pl, dh, dw, Ho, Wo)
+        self.dtype = x.dtype
+
+    def images(self, k):
+        return slice(k * self.nb, min((k + 1) * self.nb, self.N))
+
+    def buffer(self, name, n_images, *shape):
+        """A worker's scratch array (n_images, *shape), in the conv's dtype."""
+        return scratch(name, n_images * int(np.prod(shape)), self.dtype).reshape(n_images, *shape)
+
+    def nhwc(self, x_c):
+        """The chunk as NHWC in the worker's ``xh`` buffer."""
+        xh = self.buffer("xh", x_c.shape[0], self.H, self.W, self.C)
+        K.nchw_to_nhwc(x_c, xh)
+        return xh
+
+    def rows(self, x_c):
+        """The chunk's pixel-major rows (nb·L, K); for a 1x1 conv, its NHWC copy."""
+        xh = self.nhwc(x_c)
+        if self.pointwise:
+            return xh.reshape(-1, self.K)
+        rows = self.buffer("rows", x_c.shape[0] * self.L, self.K)
+        K.im2row(xh, *self.kernel_args, rows)
+        return rows
+
+    def grouped(self, a):
+        """(G, m, cols/G) view of a pixel-major (m, cols) matrix: one GEMM operand per group."""
+        return a.reshape(a.shape[0], self.groups, -1).transpose(1, 0, 2)
+
+
+def _rows_weight(w, groups):
+    """w (O, C/G, kh, kw) as Wr (G, O/G, kh·kw·C/G): each output channel's window in row order."""
+    O = w.shape[0]
+    return np.ascontiguousarray(w.reshape(groups, O // groups, *w.shape[1:]).transpose(0, 1, 3, 4, 2)
+                                ).reshape(groups, O // groups, -1)
 
 
 class Conv2d(Function):
     """y = conv(x, w) + b (see the module docstring).  Options: ``stride`` (sh, sw),
     ``padding`` (pt, pl) top/left, ``dilation`` (dh, dw), ``groups``, ``out_hw`` (Ho, Wo);
-    the bottom/right padding is implied by ``out_hw``."""
+    the bottom/right padding is implied by ``out_hw``.  Chunks of images run in
+    parallel on the worker threads of ``minicnn._runtime``."""
 
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups, out_hw):
@@ -44,100 +101,66 @@ class Conv2d(Function):
         ctx.save_for_backward(x, w)
         ctx.geometry = stride, padding, dilation, groups, out_hw
         ctx.has_bias = b is not None
-        N, O = x.shape[0], w.shape[0]
-        Ho, Wo = out_hw
-        bias = b if b is not None else np.empty(0, x.dtype)
-        if _is_pointwise(w, stride, padding, groups):
-            y = np.matmul(w.reshape(O, -1), x.reshape(N, x.shape[1], -1))
-            if b is not None:
-                y += b[:, None]
-            return y.reshape(N, O, Ho, Wo)
-        y = np.empty((N, O, Ho, Wo), x.dtype)
-        wg = _grouped(w, groups)
-        gemm_out = None
-        for cols, y_c in _chunks(x, w, ctx.geometry, y):
-            m = cols.shape[1]
-            if gemm_out is None:
-                gemm_out = np.empty(O * m, x.dtype)
-            out = gemm_out[:O * m].reshape(groups, O // groups, m)
-            np.matmul(wg, cols.reshape(groups, -1, m), out=out)
-            K.cols_to_nchw(out.reshape(O, m), bias, y_c.reshape(y_c.shape[0], O, -1))
+        plan = _Plan(x, w, ctx.geometry)
+        N, O, L = plan.N, plan.O, plan.L
+        y = np.empty((N, O) + out_hw, x.dtype)
+        y3 = y.reshape(N, O, L)
+        bias = np.empty(0, x.dtype) if b is None else np.ascontiguousarray(b)
+        wr_t = _rows_weight(w, groups).transpose(0, 2, 1)
+
+        def chunk(k, _):
+            part = plan.images(k)
+            rows = plan.rows(x[part])
+            yt = plan.buffer("yt", rows.shape[0], O)
+            np.matmul(plan.grouped(rows), wr_t, out=plan.grouped(yt))
+            K.rows_to_nchw(yt, bias, y3[part])
+
+        parallel_for(plan.n_chunks, chunk)
         return y
 
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved
-        stride, padding, dilation, groups, out_hw = ctx.geometry
-        need_x, need_w, need_b = ctx.needs_input_grad[:2] + (ctx.has_bias and ctx.needs_input_grad[2],)
-        gy = np.ascontiguousarray(gy)
-        N, O = gy.shape[:2]
-        if _is_pointwise(w, stride, padding, groups):
-            return _pointwise_backward(x, w, gy, need_x, need_w, need_b)
+        groups = ctx.geometry[3]
+        need_x, need_w = ctx.needs_input_grad[:2]
+        need_b = ctx.has_bias and ctx.needs_input_grad[2]
+        plan = _Plan(x, w, ctx.geometry)
+        N, O, L = plan.N, plan.O, plan.L
+        gy3 = np.ascontiguousarray(gy).reshape(N, O, L)
+        if not (need_x or need_w):
+            return None, None, gy3.sum(axis=(0, 2), dtype=np.float64).astype(x.dtype) if need_b else None
         gx = np.empty_like(x) if need_x else None
-        gw = np.zeros((groups, O // groups, w[0].size), x.dtype) if need_w else None
-        gb = np.zeros(O, np.float64) if need_b else np.empty(0, np.float64)
-        if need_x or need_w:
-            wg_t = np.ascontiguousarray(_grouped(w, groups).transpose(0, 2, 1)) if need_x else None
-            args = _kernel_args(w, ctx.geometry)
-            for cols, gy_c, gx_c in _chunks(x, w, ctx.geometry, gy, gx, im2col=need_w):
-                m = cols.shape[1]
-                g_cols = np.empty((O, m), x.dtype)
-                K.nchw_to_cols(gy_c.reshape(gy_c.shape[0], O, -1), g_cols, gb)
-                g_cols = g_cols.reshape(groups, O // groups, m)
-                cols = cols.reshape(groups, -1, m)
-                if need_w:
-                    gw += np.matmul(g_cols, cols.transpose(0, 2, 1))
-                if need_x:
-                    np.matmul(wg_t, g_cols, out=cols)
-                    K.col2im(cols.reshape(-1, m), *args, gx_c)
-        elif need_b:
-            gb = gy.sum(axis=(0, 2, 3), dtype=np.float64)
-        return (gx, gw.reshape(w.shape) if need_w else None,
-                gb.astype(x.dtype) if need_b else None)
+        wr = _rows_weight(w, groups)
 
+        def chunk(k, acc):
+            part = plan.images(k)
+            if not acc:
+                acc["gw"] = np.zeros(wr.shape, x.dtype) if need_w else None
+                acc["gb"] = np.zeros(O if need_b else 0, np.float64)
+            n = gy3[part].shape[0]
+            gt = plan.buffer("yt", n * L, O)
+            K.nchw_to_rows(gy3[part], gt, acc["gb"])
+            gt_g = plan.grouped(gt)
+            if need_w:
+                acc["gw"] += np.matmul(gt_g.transpose(0, 2, 1), plan.grouped(plan.rows(x[part])))
+            if need_x:
+                xh = plan.buffer("xh", n, plan.H, plan.W, plan.C)
+                if plan.pointwise:        # the rows are the NHWC image itself
+                    np.matmul(gt_g, wr, out=plan.grouped(xh.reshape(-1, plan.K)))
+                else:
+                    d_rows = plan.buffer("rows", n * L, plan.K)
+                    np.matmul(gt_g, wr, out=plan.grouped(d_rows))
+                    K.row2im(d_rows, *plan.kernel_args, xh)
+                K.nhwc_to_nchw(xh, gx[part])
 
-def _is_pointwise(w, stride, padding, groups):
-    return w.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and groups == 1
-
-
-def _pointwise_backward(x, w, gy, need_x, need_w, need_b):
-    """1x1 convolution: dx[n] = Wᵀ dY[n], dW = Σ_n dY[n] x[n]ᵀ, db = Σ dY."""
-    N, C, O = x.shape[0], x.shape[1], w.shape[0]
-    g3, x3 = gy.reshape(N, O, -1), x.reshape(N, C, -1)
-    gx = np.matmul(w.reshape(O, C).T, g3).reshape(x.shape) if need_x else None
-    gw = np.tensordot(g3, x3, axes=([0, 2], [0, 2])).reshape(w.shape) if need_w else None
-    gb = g3.sum(axis=(0, 2), dtype=np.float64).astype(x.dtype) if need_b else None
-    return gx, gw, gb
-
-
-def _grouped(w, groups):
-    return w.reshape(groups, w.shape[0] // groups, -1)
-
-
-def _kernel_args(w, geometry):
-    (sh, sw), (pt, pl), (dh, dw), _, (Ho, Wo) = geometry
-    return w.shape[2], w.shape[3], sh, sw, pt, pl, dh, dw, Ho, Wo
-
-
-def _chunks(x, w, geometry, *others, im2col=True):
-    """Yield (column buffer (C·kh·kw, nb·L), chunk of each of ``others``) per chunk of images.
-
-    ``im2col`` fills the buffer from the chunk of x.  The buffer is reused from chunk to
-    chunk (a smaller last chunk gets a view of it), so callers must be done with it
-    before asking for the next.  ``others`` are batch-major arrays or None."""
-    N, C = x.shape[:2]
-    Ho, Wo = geometry[4]
-    L = Ho * Wo
-    rows = C * w.shape[2] * w.shape[3]
-    nb = _chunk_images(N, rows * L * x.itemsize)
-    buf = np.empty(rows * nb * L, x.dtype)
-    args = _kernel_args(w, geometry)
-    for n0 in range(0, N, nb):
-        x_c = x[n0:n0 + nb]
-        cols = buf[:rows * x_c.shape[0] * L].reshape(rows, -1)
-        if im2col:
-            K.im2col(x_c, *args, cols)
-        yield (cols,) + tuple(None if a is None else a[n0:n0 + nb] for a in others)
+        accs = [a for a in parallel_for(plan.n_chunks, chunk) if a]   # a worker may get no chunk
+        gw = None
+        if need_w:
+            Cg, kh, kw = w.shape[1:]
+            gw = sum(a["gw"] for a in accs).reshape(groups, O // groups, kh, kw, Cg)
+            gw = np.ascontiguousarray(gw.transpose(0, 1, 4, 2, 3)).reshape(w.shape)
+        gb = sum(a["gb"] for a in accs).astype(x.dtype) if need_b else None
+        return gx, gw, gb
 
 
 # --------------------------------------------------------------------- arguments
