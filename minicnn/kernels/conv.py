@@ -8,7 +8,8 @@ A chunk of ``nb`` images is unrolled *pixel-major* into a row matrix
 of shape ``(nb*L, C*kh*kw)``, ``L = Ho*Wo``, zero where the index falls in the
 padding (``ph``/``pw`` are the top/left paddings; the bottom/right ones are
 implied by ``Ho``/``Wo``, so asymmetric 'same' padding needs no padded copy).
-One row per output pixel, the window of each group contiguous, so the GEMMs are
+One row per output pixel, the window of each group contiguous (taps in (i, j, c)
+order), so the GEMMs are
 
     forward   Yᵀ (nb*L, O)  = rows · Wrᵀ          Wr = w as (O, kh, kw, C/G) per group
     backward  dWr (O, K)    = dYᵀᵀ · rows,    drows = dYᵀ · Wr,    dx = row2im(drows)
@@ -31,46 +32,60 @@ from numba import njit
 _u = np.uint64  # never-negative indices skip the wraparound check; arithmetic stays signed
 
 
-def _nchw_to_nhwc(x, out):
-    """out[n, h, w, c] = x[n, c, h, w]; x (nb, C, H, W), out (nb, H, W, C)."""
-    nb, C, H, W = x.shape
-    for n in range(nb):
-        for c in range(C):
-            for h in range(H):
-                for w in range(W):
-                    out[_u(n), _u(h), _u(w), _u(c)] = x[_u(n), _u(c), _u(h), _u(w)]
+def _transpose(src, bias, dst):
+    """dst[b, s, r] = src[b, r, s] + bias[s]; src (B, R, S), dst (B, S, R), bias (S,) or empty.
 
-
-def _nhwc_to_nchw(x, out):
-    """out[n, c, h, w] = x[n, h, w, c]; x (nb, H, W, C), out (nb, C, H, W)."""
-    nb, H, W, C = x.shape
-    for n in range(nb):
-        for c in range(C):
-            for h in range(H):
-                for w in range(W):
-                    out[_u(n), _u(c), _u(h), _u(w)] = x[_u(n), _u(h), _u(w), _u(c)]
+    The layout moves: NCHW <-> NHWC (R, S = C, H·W or back) and the GEMM's
+    pixel-major output to NCHW, fused with the bias add.  Tiles of 16x16 keep the
+    strided side of the copy within a few cache lines."""
+    B, R, S = src.shape
+    has_bias = bias.shape[0] > 0
+    for b in range(B):
+        for r0 in range(0, R, 16):
+            r1 = min(r0 + 16, R)
+            for s0 in range(0, S, 16):
+                for s in range(s0, min(s0 + 16, S)):
+                    v = bias[s] if has_bias else 0
+                    for r in range(r0, r1):
+                        dst[_u(b), _u(s), _u(r)] = src[_u(b), _u(r), _u(s)] + v
 
 
 def _im2row(xh, groups, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, rows):
     """xh (nb, H, W, C) -> rows (nb*Ho*Wo, C*kh*kw), see the module docstring."""
     nb, H, W, C = xh.shape
     Cg = C // groups
+    K = C * kh * kw
+    xf, rf = xh.reshape(-1), rows.reshape(-1)
+    # Without groups or dilation, the taps (j, c) of a window row inside the image
+    # are kw*C contiguous values in both arrays: one copy.
+    fast = groups == 1 and dw == 1
     for n in range(nb):
         for oh in range(Ho):
             for ow in range(Wo):
-                r = _u((n * Ho + oh) * Wo + ow)
+                r = ((n * Ho + oh) * Wo + ow) * K
+                iw0 = ow * sw - pw
+                inside = fast and iw0 >= 0 and iw0 + kw <= W
                 for g in range(groups):
                     for i in range(kh):
                         ih = oh * sh - ph + i * dh
-                        for j in range(kw):
-                            iw = ow * sw - pw + j * dw
-                            k0 = (g * kh * kw + i * kw + j) * Cg
-                            if ih < 0 or ih >= H or iw < 0 or iw >= W:
-                                for c in range(Cg):
-                                    rows[r, _u(k0 + c)] = 0
-                            else:
-                                for c in range(Cg):
-                                    rows[r, _u(k0 + c)] = xh[_u(n), _u(ih), _u(iw), _u(g * Cg + c)]
+                        k0 = r + (g * kh + i) * kw * Cg
+                        if ih < 0 or ih >= H:
+                            for q in range(kw * Cg):
+                                rf[_u(k0 + q)] = 0
+                        elif inside:
+                            x0 = ((n * H + ih) * W + iw0) * C
+                            for q in range(kw * C):
+                                rf[_u(k0 + q)] = xf[_u(x0 + q)]
+                        else:
+                            for j in range(kw):
+                                iw = iw0 + j * dw
+                                x0 = ((n * H + ih) * W + iw) * C + g * Cg
+                                if iw < 0 or iw >= W:
+                                    for c in range(Cg):
+                                        rf[_u(k0 + j * Cg + c)] = 0
+                                else:
+                                    for c in range(Cg):
+                                        rf[_u(k0 + j * Cg + c)] = xf[_u(x0 + c)]
 
 
 def _row2im(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dxh):
@@ -78,59 +93,35 @@ def _row2im(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dxh):
     window position that read each pixel.  ``dxh`` is overwritten."""
     nb, H, W, C = dxh.shape
     Cg = C // groups
-    dxh[...] = 0
+    K = C * kh * kw
+    xf, rf = dxh.reshape(-1), rows.reshape(-1)
+    xf[:] = 0
+    fast = groups == 1 and dw == 1
     for n in range(nb):
         for oh in range(Ho):
             for ow in range(Wo):
-                r = _u((n * Ho + oh) * Wo + ow)
+                r = ((n * Ho + oh) * Wo + ow) * K
+                iw0 = ow * sw - pw
+                inside = fast and iw0 >= 0 and iw0 + kw <= W
                 for g in range(groups):
                     for i in range(kh):
                         ih = oh * sh - ph + i * dh
                         if ih < 0 or ih >= H:
                             continue
+                        k0 = r + (g * kh + i) * kw * Cg
+                        if inside:
+                            x0 = ((n * H + ih) * W + iw0) * C
+                            for q in range(kw * C):
+                                xf[_u(x0 + q)] += rf[_u(k0 + q)]
+                            continue
                         for j in range(kw):
-                            iw = ow * sw - pw + j * dw
-                            if iw < 0 or iw >= W:
-                                continue
-                            k0 = (g * kh * kw + i * kw + j) * Cg
-                            for c in range(Cg):
-                                dxh[_u(n), _u(ih), _u(iw), _u(g * Cg + c)] += rows[r, _u(k0 + c)]
+                            iw = iw0 + j * dw
+                            if iw >= 0 and iw < W:
+                                x0 = ((n * H + ih) * W + iw) * C + g * Cg
+                                for c in range(Cg):
+                                    xf[_u(x0 + c)] += rf[_u(k0 + j * Cg + c)]
 
 
-def _rows_to_nchw(yt, bias, y):
-    """y[n, o, l] = yt[n*L + l, o] + bias[o]; yt (nb*L, O), y (nb, O, L), bias (O,) or empty.
-
-    The transpose from the GEMM's pixel-major output to NCHW, fused with the bias add."""
-    nb, O, L = y.shape
-    has_bias = bias.shape[0] > 0
-    for n in range(nb):
-        for o in range(O):
-            b = bias[o] if has_bias else 0
-            for q in range(L):
-                y[_u(n), _u(o), _u(q)] = yt[_u(n * L + q), _u(o)] + b
-
-
-def _nchw_to_rows(gy, gt, gbias):
-    """gt[n*L + l, o] = gy[n, o, l] and gbias[o] += Σ_{n,l} gy[n, o, l].
-
-    gy (nb, O, L); gt (nb*L, O); gbias (O,) accumulated in float64, or empty to skip."""
-    nb, O, L = gy.shape
-    has_bias = gbias.shape[0] > 0
-    for n in range(nb):
-        for o in range(O):
-            s = 0.0
-            for q in range(L):
-                v = gy[_u(n), _u(o), _u(q)]
-                gt[_u(n * L + q), _u(o)] = v
-                s += v
-            if has_bias:
-                gbias[o] += s
-
-
-nchw_to_nhwc = njit(cache=True, nogil=True)(_nchw_to_nhwc)
-nhwc_to_nchw = njit(cache=True, nogil=True)(_nhwc_to_nchw)
+transpose = njit(cache=True, nogil=True)(_transpose)
 im2row = njit(cache=True, nogil=True)(_im2row)
 row2im = njit(cache=True, nogil=True)(_row2im)
-rows_to_nchw = njit(cache=True, nogil=True)(_rows_to_nchw)
-# reassoc: lets the float64 bias-gradient sum vectorize (a different, not worse, rounding order)
-nchw_to_rows = njit(cache=True, nogil=True, fastmath={"reassoc"})(_nchw_to_rows)

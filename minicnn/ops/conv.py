@@ -30,6 +30,7 @@ from ..tensor import Function
 # a worker's rows stay in cache between im2row and the GEMMs.
 CHUNK_BYTES = 2 << 20
 _FLOATS = (np.float32, np.float64)
+_NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
 
 
 def _chunk_images(n, col_bytes_per_image):
@@ -65,7 +66,7 @@ class _Plan:
     def nhwc(self, x_c):
         """The chunk as NHWC in the worker's ``xh`` buffer."""
         xh = self.buffer("xh", x_c.shape[0], self.H, self.W, self.C)
-        K.nchw_to_nhwc(x_c, xh)
+        K.transpose(x_c.reshape(x_c.shape[0], self.C, -1), _NO_BIAS[self.dtype], xh.reshape(x_c.shape[0], -1, self.C))
         return xh
 
     def rows(self, x_c):
@@ -105,7 +106,7 @@ class Conv2d(Function):
         N, O, L = plan.N, plan.O, plan.L
         y = np.empty((N, O) + out_hw, x.dtype)
         y3 = y.reshape(N, O, L)
-        bias = np.empty(0, x.dtype) if b is None else np.ascontiguousarray(b)
+        bias = _NO_BIAS[x.dtype] if b is None else np.ascontiguousarray(b)
         wr_t = _rows_weight(w, groups).transpose(0, 2, 1)
 
         def chunk(k, _):
@@ -113,7 +114,7 @@ class Conv2d(Function):
             rows = plan.rows(x[part])
             yt = plan.buffer("yt", rows.shape[0], O)
             np.matmul(plan.grouped(rows), wr_t, out=plan.grouped(yt))
-            K.rows_to_nchw(yt, bias, y3[part])
+            K.transpose(yt.reshape(-1, L, O), bias, y3[part])
 
         parallel_for(plan.n_chunks, chunk)
         return y
@@ -135,14 +136,16 @@ class Conv2d(Function):
         def chunk(k, acc):
             part = plan.images(k)
             if not acc:
-                acc["gw"] = np.zeros(wr.shape, x.dtype) if need_w else None
-                acc["gb"] = np.zeros(O if need_b else 0, np.float64)
+                acc["gw"] = np.zeros(wr.transpose(0, 2, 1).shape, x.dtype) if need_w else None
+                acc["gb"] = np.zeros(O, np.float64)
             n = gy3[part].shape[0]
             gt = plan.buffer("yt", n * L, O)
-            K.nchw_to_rows(gy3[part], gt, acc["gb"])
+            K.transpose(gy3[part], _NO_BIAS[x.dtype], gt.reshape(n, L, O))
+            if need_b:
+                acc["gb"] += gy3[part].sum(axis=(0, 2), dtype=np.float64)
             gt_g = plan.grouped(gt)
-            if need_w:
-                acc["gw"] += np.matmul(gt_g.transpose(0, 2, 1), plan.grouped(plan.rows(x[part])))
+            if need_w:                   # as dWrᵀ: the faster GEMM orientation here
+                acc["gw"] += np.matmul(plan.grouped(plan.rows(x[part])).transpose(0, 2, 1), gt_g)
             if need_x:
                 xh = plan.buffer("xh", n, plan.H, plan.W, plan.C)
                 if plan.pointwise:        # the rows are the NHWC image itself
@@ -151,14 +154,14 @@ class Conv2d(Function):
                     d_rows = plan.buffer("rows", n * L, plan.K)
                     np.matmul(gt_g, wr, out=plan.grouped(d_rows))
                     K.row2im(d_rows, *plan.kernel_args, xh)
-                K.nhwc_to_nchw(xh, gx[part])
+                K.transpose(xh.reshape(n, -1, plan.C), _NO_BIAS[x.dtype], gx[part].reshape(n, plan.C, -1))
 
         accs = [a for a in parallel_for(plan.n_chunks, chunk) if a]   # a worker may get no chunk
         gw = None
         if need_w:
             Cg, kh, kw = w.shape[1:]
-            gw = sum(a["gw"] for a in accs).reshape(groups, O // groups, kh, kw, Cg)
-            gw = np.ascontiguousarray(gw.transpose(0, 1, 4, 2, 3)).reshape(w.shape)
+            gw = sum(a["gw"] for a in accs).reshape(groups, kh, kw, Cg, O // groups)
+            gw = np.ascontiguousarray(gw.transpose(0, 4, 3, 1, 2)).reshape(w.shape)
         gb = sum(a["gb"] for a in accs).astype(x.dtype) if need_b else None
         return gx, gw, gb
 
