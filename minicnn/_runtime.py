@@ -69,32 +69,29 @@ def _executor():
 
 
 def parallel_for(n_tasks, work):
-    """Call ``work(k, local)`` for k in 0..n_tasks-1, spread over the worker threads.
+    """Call ``work(k)`` for k in 0..n_tasks-1, spread over the worker threads.
 
-    Each worker pulls the next k from a shared counter (dynamic scheduling) and
-    passes its own ``local`` dict to every call, for per-worker accumulators.
-    Returns the list of the workers' ``local`` dicts.  ``work`` must release the
-    GIL for its heavy parts (NumPy GEMMs and ``nogil`` Numba kernels do) and
-    must write disjoint outputs for different k.  Runs inline when there is one
-    task or one thread.  Not reentrant: ``work`` must not call ``parallel_for``."""
+    Each worker pulls the next k from a shared counter (dynamic scheduling), so a
+    worker that loses its core does fewer tasks.  ``work`` must release the GIL for
+    its heavy parts (NumPy GEMMs and ``nogil`` Numba kernels do) and must write
+    disjoint outputs for different k; to stay deterministic it should not
+    accumulate across tasks.  Runs inline when there is one task or one thread.
+    Not reentrant: ``work`` must not call ``parallel_for``."""
     workers = min(n_tasks, num_threads())
     if workers <= 1:
-        local = {}
         for k in range(n_tasks):
-            work(k, local)
-        return [local]
+            work(k)
+        return
     counter = itertools.count()
 
     def loop():
-        local = {}
         for k in iter(counter.__next__, None):
             if k >= n_tasks:
                 break
-            work(k, local)
-        return local
+            work(k)
 
-    futures = [_executor().submit(loop) for _ in range(workers)]
-    return [f.result() for f in futures]
+    for future in [_executor().submit(loop) for _ in range(workers)]:
+        future.result()
 
 
 _scratch = threading.local()

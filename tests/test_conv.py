@@ -202,3 +202,18 @@ def test_same_matches_torch_same_at_stride_1(torch, against_torch):
     x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 4, 3)), rng.standard_normal(4)
     against_torch(lambda *t: ops.conv2d(*t, padding="same", dilation=(1, 2)),
                   lambda *t: torch.nn.functional.conv2d(*t, padding="same", dilation=(1, 2)), x, w, b)
+
+
+def test_same_bits_with_one_or_two_worker_threads(monkeypatch):
+    """Chunks are summed in chunk order, so the thread count does not change the rounding."""
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((9, 6, 11, 10), (8, 6, 3, 3), (8,))]
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("MINICNN_NUM_THREADS", threads)
+        ts = [tensor(a, requires_grad=True) for a in arrays]
+        y = ops.conv2d(*ts, padding=1)
+        y.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape))
+        results.append([y.data] + [t.grad for t in ts])
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)

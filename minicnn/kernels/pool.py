@@ -7,11 +7,13 @@ Every pooling layer is described by its windows, one per output row and column:
 already clipped to the input (padding never holds a value that could win a max
 or add to a sum).  Plain, strided, padded, ceil-mode and adaptive pooling differ
 only in those bounds, which ``minicnn.ops.pool`` computes, so one kernel serves
-each reduction.  Inputs are stacks of planes ``(P, H, W)``, P = N*C, one parallel
-task per plane, so backward passes never race.
+each reduction.  Inputs are stacks of planes ``(P, H, W)``, P = N*C.  The kernels
+are serial and release the GIL; ``minicnn.ops.pool`` runs slices of planes on the
+worker threads (see ``minicnn._runtime``), and since planes are independent the
+backward passes never race.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # Never-negative indices are cast to unsigned only where they index (no wraparound
 # check, see kernels/conv.py); arithmetic stays signed, as uint64 op int64 is float64.
@@ -25,7 +27,7 @@ def _max_pool(x, hlo, hhi, wlo, whi, y, argmax):
     x (P, H, W); y (P, Ho, Wo); argmax int32 (P, Ho, Wo)."""
     P, H, W = x.shape
     Ho, Wo = y.shape[1], y.shape[2]
-    for p in prange(P):
+    for p in range(P):
         p_ = _u(p)
         for oh in range(Ho):
             for ow in range(Wo):
@@ -45,7 +47,7 @@ def _max_pool(x, hlo, hhi, wlo, whi, y, argmax):
 def _max_pool_backward(gy, argmax, gx):
     """gx[p, argmax[p, k]] += gy[p, k]; gy, argmax (P, Ho*Wo); gx (P, H*W) overwritten."""
     P, L = gy.shape
-    for p in prange(P):
+    for p in range(P):
         p_ = _u(p)
         for k in range(gx.shape[1]):
             gx[p_, _u(k)] = 0
@@ -60,7 +62,7 @@ def _avg_pool(x, hlo, hhi, wlo, whi, hdiv, wdiv, y):
     padding (``count_include_pad``) by the caller.  x (P, H, W); y (P, Ho, Wo)."""
     P = x.shape[0]
     Ho, Wo = y.shape[1], y.shape[2]
-    for p in prange(P):
+    for p in range(P):
         p_ = _u(p)
         for oh in range(Ho):
             for ow in range(Wo):
@@ -77,7 +79,7 @@ def _avg_pool_backward(gy, hlo, hhi, wlo, whi, hdiv, wdiv, gx):
     gy (P, Ho, Wo); gx (P, H, W) overwritten."""
     P, H, W = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
-    for p in prange(P):
+    for p in range(P):
         p_ = _u(p)
         for h in range(H):
             for w in range(W):
@@ -90,7 +92,7 @@ def _avg_pool_backward(gy, hlo, hhi, wlo, whi, hdiv, wdiv, gx):
                         gx[p_, _u(h), _u(w)] += g
 
 
-max_pool = njit(cache=True, parallel=True)(_max_pool)
-max_pool_backward = njit(cache=True, parallel=True)(_max_pool_backward)
-avg_pool = njit(cache=True, parallel=True)(_avg_pool)
-avg_pool_backward = njit(cache=True, parallel=True)(_avg_pool_backward)
+max_pool = njit(cache=True, nogil=True)(_max_pool)
+max_pool_backward = njit(cache=True, nogil=True)(_max_pool_backward)
+avg_pool = njit(cache=True, nogil=True)(_avg_pool)
+avg_pool_backward = njit(cache=True, nogil=True)(_avg_pool_backward)

@@ -22,20 +22,23 @@ NHWC image itself.
 """
 import numpy as np
 
-from .._runtime import num_threads, parallel_for, scratch
+from .._runtime import parallel_for, scratch
 from ..kernels import conv as K
 from ..tensor import Function
 
 # Bytes of one chunk's row matrix: big enough for efficient GEMMs, small enough that
-# a worker's rows stay in cache between im2row and the GEMMs.
+# a worker's rows stay in cache between im2row and the GEMMs.  At least MIN_CHUNKS
+# chunks, so that a few workers share the batch; a fixed number (not the thread
+# count) keeps the chunking, hence the gradients' rounding, the same on every machine.
 CHUNK_BYTES = 2 << 20
+MIN_CHUNKS = 4
 _FLOATS = (np.float32, np.float64)
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
 
 
-def _chunk_images(n, col_bytes_per_image):
-    """Images per chunk: at most CHUNK_BYTES of rows, and at least one chunk per worker."""
-    chunks = max(num_threads(), -(-n * col_bytes_per_image // CHUNK_BYTES))
+def _chunk_images(n, row_bytes_per_image):
+    """Images per chunk: at most CHUNK_BYTES of rows, and at least MIN_CHUNKS chunks."""
+    chunks = max(MIN_CHUNKS, -(-n * row_bytes_per_image // CHUNK_BYTES))
     return max(1, -(-n // chunks))
 
 
@@ -109,7 +112,7 @@ class Conv2d(Function):
         bias = _NO_BIAS[x.dtype] if b is None else np.ascontiguousarray(b)
         wr_t = _rows_weight(w, groups).transpose(0, 2, 1)
 
-        def chunk(k, _):
+        def chunk(k):
             part = plan.images(k)
             rows = plan.rows(x[part])
             yt = plan.buffer("yt", rows.shape[0], O)
@@ -132,20 +135,20 @@ class Conv2d(Function):
             return None, None, gy3.sum(axis=(0, 2), dtype=np.float64).astype(x.dtype) if need_b else None
         gx = np.empty_like(x) if need_x else None
         wr = _rows_weight(w, groups)
+        # One slot per chunk, summed in chunk order: the same bits whichever worker ran it.
+        gw_parts = np.empty((plan.n_chunks,) + wr.transpose(0, 2, 1).shape, x.dtype) if need_w else None
+        gb_parts = np.empty((plan.n_chunks, O), np.float64) if need_b else None
 
-        def chunk(k, acc):
+        def chunk(k):
             part = plan.images(k)
-            if not acc:
-                acc["gw"] = np.zeros(wr.transpose(0, 2, 1).shape, x.dtype) if need_w else None
-                acc["gb"] = np.zeros(O, np.float64)
             n = gy3[part].shape[0]
             gt = plan.buffer("yt", n * L, O)
             K.transpose(gy3[part], _NO_BIAS[x.dtype], gt.reshape(n, L, O))
             if need_b:
-                acc["gb"] += gy3[part].sum(axis=(0, 2), dtype=np.float64)
+                gy3[part].sum(axis=(0, 2), dtype=np.float64, out=gb_parts[k])
             gt_g = plan.grouped(gt)
             if need_w:                   # as dWrᵀ: the faster GEMM orientation here
-                acc["gw"] += np.matmul(plan.grouped(plan.rows(x[part])).transpose(0, 2, 1), gt_g)
+                np.matmul(plan.grouped(plan.rows(x[part])).transpose(0, 2, 1), gt_g, out=gw_parts[k])
             if need_x:
                 xh = plan.buffer("xh", n, plan.H, plan.W, plan.C)
                 if plan.pointwise:        # the rows are the NHWC image itself
@@ -156,13 +159,13 @@ class Conv2d(Function):
                     K.row2im(d_rows, *plan.kernel_args, xh)
                 K.transpose(xh.reshape(n, -1, plan.C), _NO_BIAS[x.dtype], gx[part].reshape(n, plan.C, -1))
 
-        accs = [a for a in parallel_for(plan.n_chunks, chunk) if a]   # a worker may get no chunk
+        parallel_for(plan.n_chunks, chunk)
         gw = None
         if need_w:
             Cg, kh, kw = w.shape[1:]
-            gw = sum(a["gw"] for a in accs).reshape(groups, kh, kw, Cg, O // groups)
+            gw = gw_parts.sum(axis=0).reshape(groups, kh, kw, Cg, O // groups)
             gw = np.ascontiguousarray(gw.transpose(0, 4, 3, 1, 2)).reshape(w.shape)
-        gb = sum(a["gb"] for a in accs).astype(x.dtype) if need_b else None
+        gb = gb_parts.sum(axis=0).astype(x.dtype) if need_b else None
         return gx, gw, gb
 
 

@@ -19,9 +19,24 @@ variants share one forward and one backward kernel per reduction.
 """
 import numpy as np
 
+from .._runtime import num_threads, parallel_for
 from ..kernels import pool as K
 from ..tensor import Function
 from .conv import _pair, check_float_input
+
+
+def _over_planes(kernel, *arrays):
+    """Run ``kernel(*arrays)`` on slices of planes (the leading axis of every array that
+    has one of length P; others pass whole) spread over the worker threads."""
+    P = arrays[0].shape[0]
+    n = min(P, 4 * num_threads())
+    step = -(-P // n)
+
+    def task(k):
+        part = slice(k * step, (k + 1) * step)
+        kernel(*(a[part] if a.ndim > 1 else a for a in arrays))
+
+    parallel_for(-(-P // step), task)
 
 
 class MaxPool2d(Function):
@@ -32,7 +47,7 @@ class MaxPool2d(Function):
         N, C, H, W = x.shape
         y = np.empty((N * C,) + out_hw, x.dtype)
         argmax = np.empty(y.shape, np.int32)
-        K.max_pool(np.ascontiguousarray(x).reshape(N * C, H, W), *windows[:4], y, argmax)
+        _over_planes(K.max_pool, np.ascontiguousarray(x).reshape(N * C, H, W), *windows[:4], y, argmax)
         ctx.save_for_backward(argmax)
         ctx.x_shape = x.shape
         return y.reshape(N, C, *out_hw)
@@ -42,7 +57,7 @@ class MaxPool2d(Function):
         (argmax,) = ctx.saved
         N, C, H, W = ctx.x_shape
         gx = np.empty((N * C, H * W), gy.dtype)
-        K.max_pool_backward(np.ascontiguousarray(gy).reshape(N * C, -1), argmax.reshape(N * C, -1), gx)
+        _over_planes(K.max_pool_backward, np.ascontiguousarray(gy).reshape(N * C, -1), argmax.reshape(N * C, -1), gx)
         return gx.reshape(ctx.x_shape)
 
 
@@ -53,7 +68,7 @@ class AvgPool2d(Function):
     def forward(ctx, x, windows, out_hw):
         N, C, H, W = x.shape
         y = np.empty((N * C,) + out_hw, x.dtype)
-        K.avg_pool(np.ascontiguousarray(x).reshape(N * C, H, W), *windows, y)
+        _over_planes(K.avg_pool, np.ascontiguousarray(x).reshape(N * C, H, W), *windows, y)
         ctx.windows, ctx.x_shape = windows, x.shape
         return y.reshape(N, C, *out_hw)
 
@@ -61,7 +76,7 @@ class AvgPool2d(Function):
     def backward(ctx, gy):
         N, C, H, W = ctx.x_shape
         gx = np.empty((N * C, H, W), gy.dtype)
-        K.avg_pool_backward(np.ascontiguousarray(gy).reshape(N * C, *gy.shape[2:]), *ctx.windows, gx)
+        _over_planes(K.avg_pool_backward, np.ascontiguousarray(gy).reshape(N * C, *gy.shape[2:]), *ctx.windows, gx)
         return gx.reshape(ctx.x_shape)
 
 
