@@ -29,13 +29,20 @@ multi-threaded OpenBLAS would queue on its one server):
 
 The variables are only defaults: anything the user exported wins.  They take
 effect only if this module runs before ``numpy`` is first imported, which is
-why ``minicnn/__init__.py`` imports it first.  ``MINICNN_NUM_THREADS`` sets the
+why ``minicnn/__init__.py`` imports it first; if NumPy was imported earlier,
+the first parallel call sets OpenBLAS to one thread through its C API instead.  ``MINICNN_NUM_THREADS`` sets the
 number of conv workers (default: the CPUs this process may run on, as Numba).
 """
+import ctypes
 import itertools
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+# If NumPy came first, its OpenBLAS has already read the environment below.
+_NUMPY_FIRST = "numpy" in sys.modules
+_BLAS_ENV_AT_START = os.environ.get("OPENBLAS_NUM_THREADS")
 
 _DEFAULTS = {
     "OPENBLAS_NUM_THREADS": "1",
@@ -49,11 +56,53 @@ for _k, _v in _DEFAULTS.items():
 
 
 def num_threads():
-    """Worker threads for :func:`parallel_for`: ``MINICNN_NUM_THREADS`` or the usable CPUs."""
+    """Worker threads for :func:`parallel_for`: ``MINICNN_NUM_THREADS``, else the usable
+    CPUs, or 1 if BLAS could not be made single-threaded (see :func:`_serial_blas`)."""
     env = os.environ.get("MINICNN_NUM_THREADS")
     if env:
         return max(1, int(env))
+    if not _serial_blas():
+        return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_blas_checked = None
+
+# Names of OpenBLAS's thread setter in NumPy's and SciPy's wheels and in plain builds.
+_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+def _serial_blas():
+    """True once the loaded OpenBLAS runs single-threaded.
+
+    When minicnn is imported before NumPy the environment default did it.  When
+    NumPy came first (``import numpy as np; import minicnn`` is common), OpenBLAS
+    already started its threads: its ``openblas_set_num_threads`` is called on the
+    libraries mapped into this process (Linux).  If that is not possible the conv
+    workers fall back to one (serial chunks, BLAS's own threads)."""
+    global _blas_checked
+    if _blas_checked is None:
+        _blas_checked = not _NUMPY_FIRST or _BLAS_ENV_AT_START == "1" or _set_openblas_threads(1)
+    return _blas_checked
+
+
+def _set_openblas_threads(n):
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return False
+    done = False
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for name in _SETTERS:
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(n))
+                done = True
+                break
+    return done
 
 
 _pool = None

@@ -1,6 +1,11 @@
 """conv2d and Conv2d: forward vs a naive loop reference, gradients vs finite differences
-(float64), the chunked and 1x1 paths, 'same'/'valid' padding, errors, the module, and
-(where torch is installed) forward and every gradient vs torch in float64 to 1e-10."""
+(float64), the chunked and 1x1 paths, 'same'/'valid' padding, errors, the module, the
+worker threads (same bits for any thread count), and (where torch is installed)
+forward and every gradient vs torch in float64 to 1e-10."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -217,3 +222,31 @@ def test_same_bits_with_one_or_two_worker_threads(monkeypatch):
         results.append([y.data] + [t.grad for t in ts])
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+def test_parallel_for_runs_each_task_once_and_raises(monkeypatch):
+    from minicnn import _runtime
+    monkeypatch.setenv("MINICNN_NUM_THREADS", "2")
+    seen = []
+    _runtime.parallel_for(37, seen.append)
+    assert sorted(seen) == list(range(37))
+
+    def fail(k):
+        if k == 5:
+            raise KeyError("task 5")
+    with pytest.raises(KeyError, match="task 5"):
+        _runtime.parallel_for(9, fail)
+
+
+def test_blas_made_single_threaded_when_numpy_came_first():
+    """``import numpy; import minicnn``: the conv workers still get a single-threaded BLAS
+    (or, where its thread count cannot be set, run as one worker)."""
+    code = ("import numpy, minicnn\nfrom minicnn import _runtime\n"
+            "assert _runtime._NUMPY_FIRST\n"
+            "print(_runtime._serial_blas(), _runtime.num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         env={k: v for k, v in os.environ.items()
+                              if k not in ("OPENBLAS_NUM_THREADS", "MINICNN_NUM_THREADS")}).stdout.split()
+    serial, workers = out[0] == "True", int(out[1])
+    assert serial or workers == 1
