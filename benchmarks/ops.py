@@ -19,7 +19,10 @@ A network's total weights each layer by how often it occurs in the network.
 Also measured, in fresh processes: the first call of the conv/pool kernels with a
 warm Numba cache (what every later run pays) and with an empty one (compilation).
 
-Writes ``ops.json`` and ``ops.md`` to ``--out``; prints the Markdown table.
+Writes ``ops.json`` and ``ops.md`` to ``--out`` (``ops_t1_cpu.*`` and the like for
+other ``--threads``/``--clock`` settings); prints the Markdown table.  ``--clock cpu``
+with ``--threads 1`` measures per-core efficiency, which a busy machine disturbs
+far less than 2-thread wall-clock time.
 """
 import argparse
 import json
@@ -194,8 +197,9 @@ def summarize(rounds):
     return rows, nets
 
 
-def markdown(rows, nets, start):
-    lines = ["| network | layer | x | fwd ms minicnn / torch | fwd GFLOP/s | fwd speed ratio "
+def markdown(rows, nets, start, setup):
+    lines = [f"{setup}\n",
+             "| network | layer | x | fwd ms minicnn / torch | fwd GFLOP/s | fwd speed ratio "
              "| fwd+bwd ms minicnn / torch | fwd+bwd GFLOP/s | fwd+bwd speed ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -238,17 +242,24 @@ def main():
     with tempfile.TemporaryDirectory() as empty:
         _, cold = first_call_seconds(empty)
     start = {"import_s": import_s, "warm_first_call_s": warm, "cold_first_call_s": cold}
+    load_before = os.getloadavg()[0]
     rounds = []
     for i in range(args.rounds):
         rounds.append({fw: run_worker(fw, args) for fw in ("minicnn", "torch")})
         print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
     rows, nets = summarize(rounds)
+    load = (load_before, os.getloadavg()[0])
+    setup = (f"{args.threads} thread(s) per framework, {'wall-clock' if args.clock == 'wall' else 'CPU'} time, "
+             f"{args.rounds} alternating rounds x {args.reps} repetitions; 1-min load average "
+             f"{load[0]:.1f} before, {load[1]:.1f} after (on this 2-core machine).")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "ops.json"), "w") as f:
-        json.dump({"threads": args.threads, "rounds": args.rounds, "reps": args.reps, "start": start,
-                   "layers": rows, "networks": nets, "raw_rounds": rounds}, f, indent=1)
-    table = markdown(rows, nets, start)
-    with open(os.path.join(args.out, "ops.md"), "w") as f:
+    name = "ops" if (args.threads, args.clock) == (2, "wall") else f"ops_t{args.threads}_{args.clock}"
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
+        json.dump({"threads": args.threads, "clock": args.clock, "rounds": args.rounds, "reps": args.reps,
+                   "load_average": load, "start": start, "layers": rows, "networks": nets,
+                   "raw_rounds": rounds}, f, indent=1)
+    table = markdown(rows, nets, start, setup)
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
         f.write(table + "\n")
     print(table)
 
