@@ -1,37 +1,46 @@
 """Threads: the environment set before NumPy and Numba start, and the worker pool
-that the convolutions use.
+that the convolutions and pooling layers use.
 
-Two thread pools on a small CPU are the hazard measured here.  The convolution
-is a pipeline of short steps per chunk of images (im2col, GEMM, layout move,
-col2im); when each step is split across all cores, by Numba's pool and then by
+Two thread pools on a small CPU are the hazard measured here.  A convolution is
+a pipeline of short steps per chunk of images (layout move, im2row, GEMM,
+row2im); when every step is split across all cores, by Numba's pool and then by
 OpenBLAS's, every step ends in a barrier where one core waits for the other.
-On a quiet machine that costs some speed; when another process takes a core
-for a few milliseconds (this machine is shared), *every* barrier waits for that
-core to come back, and a conv layer's forward+backward measured 3-7x slower on
-two threads than on one (a NumPy+Numba CNN with default spinning pools, 3-35x).
+When another process holds a core for a few milliseconds (this machine is
+shared), *every* barrier waits for it.  Measured on this 2-core machine under
+such load (1-min load average 5-6), for the conv and pool layers of the
+Fashion-MNIST CNN / a ResNet-20 slice, forward+backward, median of 4 rounds:
 
-So minicnn parallelizes the convolution over chunks of images instead:
-:func:`parallel_for` runs the chunks on a few Python worker threads, each chunk
-entirely on one thread (serial Numba kernels compiled ``nogil``, a
-single-threaded GEMM; both release the GIL).  Threads pull chunks from a shared
-counter, so a thread that loses its core simply does fewer chunks: one join per
-layer instead of one per step, and no step waits on a descheduled thread.  For
-that, OpenBLAS must run single-threaded (two concurrent callers of a
-multi-threaded OpenBLAS would queue on its one server):
+    chunks on 2 worker threads, serial kernels, 1-thread BLAS (this module)   69 ms /  378 ms
+    serial kernels, OpenBLAS on 2 threads, OPENBLAS_THREAD_TIMEOUT=4         614 ms /  445 ms
+    the same with OpenBLAS's default spin-wait                              752 ms / 2012 ms
+    everything on one thread                                                 71 ms /  333 ms
 
-    OPENBLAS_NUM_THREADS=1   GEMMs run on the calling thread (the conv workers
-                             supply the parallelism; other large matmuls, e.g. a
-                             linear layer, run on one core)
-    OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0
-                             Numba's OpenMP pool (pooling, normalization
-                             kernels) sleeps instead of spinning when idle, so
-                             it never steals a core from the conv workers
+and with Numba-parallel kernels *and* 2-thread OpenBLAS (the previous design),
+single conv layers ran 3-7x slower on two threads than on one.  PyTorch's
+OpenMP pool degrades the same way (see benchmarks/results).  Hence:
+
+* the convolution is parallel over chunks of images: :func:`parallel_for` runs
+  the chunks on a few Python worker threads, each chunk entirely on one thread
+  (serial Numba kernels compiled ``nogil``, a single-threaded GEMM; both release
+  the GIL).  Threads pull chunks from a shared counter, so a thread that loses
+  its core simply does fewer chunks: one join per layer instead of one barrier
+  per step.  Pooling runs slices of planes the same way;
+* ``OPENBLAS_NUM_THREADS=1``: GEMMs run on the calling worker (two concurrent
+  callers of a multi-threaded OpenBLAS would queue on its one thread server).
+  Other large matmuls, e.g. a linear layer, then run on one core;
+* ``OMP_WAIT_POLICY=PASSIVE``, ``KMP_BLOCKTIME=0``: the Numba kernels that still
+  use ``prange`` (normalization) sleep between calls instead of spinning, so they
+  never steal a core from the conv workers.  Numba's threading layer is left at
+  its default (OpenMP here): OpenMP and workqueue measured the same on the batch
+  norm kernels (18.8 vs 18.8 ms, 18.2 vs 19.3 ms); TBB is not installed and is no
+  dependency.
 
 The variables are only defaults: anything the user exported wins.  They take
 effect only if this module runs before ``numpy`` is first imported, which is
 why ``minicnn/__init__.py`` imports it first; if NumPy was imported earlier,
-the first parallel call sets OpenBLAS to one thread through its C API instead.  ``MINICNN_NUM_THREADS`` sets the
-number of conv workers (default: the CPUs this process may run on, as Numba).
+the first parallel call sets OpenBLAS to one thread through its C API instead.
+``MINICNN_NUM_THREADS`` sets the number of workers (default: the CPUs this
+process may run on).
 """
 import ctypes
 import itertools
