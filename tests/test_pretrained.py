@@ -22,6 +22,7 @@ from minicnn.io import StateDictMismatch
 from minicnn.models import pretrained as P
 from minicnn.models.efficientnet import EfficientNetLite, MBConv, efficientnet_lite0
 from minicnn.models.imagenet_classes import IMAGENET_CLASSES, decode_predictions
+from minicnn.models import resnet_cifar
 from minicnn.models.resnet_cifar import resnet20
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -195,12 +196,13 @@ def torch_logits(torch, net, path, x):
 @pytest.mark.parametrize("depth", P.CIFAR_RESNET_DEPTHS)
 def test_cifar_resnet_logits_match_torch_on_real_images(torch, cifar_batch, depth):
     x, y = cifar_batch
-    model = P.load_cifar_resnet(f"resnet{depth}", WEIGHTS)
+    model = getattr(resnet_cifar, f"resnet{depth}")(pretrained=WEIGHTS)
     got = forward(model, x)
     ref = torch_logits(torch, torch_resnet(torch, depth), P.find_cifar_resnet_file(WEIGHTS, depth), x)
     assert np.abs(got - ref).max() <= 1e-4
-    # and they are trained networks: most of these real images are classified right
-    assert (got.argmax(1) == y).mean() >= 0.7
+    # and trained networks: ~81-83% on the whole JPEG test set (examples/cifar_pretrained.py),
+    # so on 32 images (one standard error ~7 points) far above chance (10%)
+    assert (got.argmax(1) == y).mean() >= 0.5
 
 
 @needs_weights
@@ -209,6 +211,8 @@ def test_cifar_resnet_loader_accepts_file_folder_model_and_converted_npz(tmp_pat
     by_file = P.load_cifar_resnet(resnet20(), P.find_cifar_resnet_file(WEIGHTS, 20))
     for k, v in by_folder.state_dict().items():
         np.testing.assert_array_equal(v, by_file.state_dict()[k])
+    untrained = resnet20(pretrained=None)
+    assert not np.array_equal(untrained.conv1.weight.data, by_file.conv1.weight.data)
     minicnn.io.save_model(tmp_path / "r20.npz", by_folder)
     again = P.load_cifar_resnet("resnet20", tmp_path / "r20.npz")
     np.testing.assert_array_equal(again.linear.weight.data, by_folder.linear.weight.data)
@@ -224,6 +228,8 @@ def test_cifar_resnet_loader_errors(tmp_path):
         P.load_cifar_resnet("resnet18", WEIGHTS)
     with pytest.raises(TypeError, match="expected a CIFAR ResNet"):
         P.load_cifar_resnet(minicnn.nn.Linear(2, 2), WEIGHTS)
+    with pytest.raises(ValueError, match="pass the checkpoint or its folder"):
+        resnet20(pretrained=True)
     with pytest.raises(FileNotFoundError, match="expected one resnet20-<hash>.th"):
         P.load_cifar_resnet("resnet20", tmp_path)
     # a file whose name carries a hash prefix is checked against it

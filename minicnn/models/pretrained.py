@@ -129,7 +129,8 @@ def load_cifar_resnet(model_or_name, path):
 
     model_or_name: a ResNetCIFAR, or 'resnet20', 'resnet32', 'resnet44', 'resnet56'.
     path: the checkpoint (``resnet20-12fca82f.th``: its hash is checked; or a converted
-        ``.npz``) or the folder holding ``resnet{depth}-<hash>.th``.
+        ``.npz``) or the folder holding ``resnet{depth}-<hash>.th``; None or False
+        returns the model as it is (``resnet20(pretrained=None)``).
     Inputs must be normalized as in :func:`cifar_resnet_transform`.
     """
     model = model_or_name
@@ -139,6 +140,11 @@ def load_cifar_resnet(model_or_name, path):
             raise ValueError(f"unknown CIFAR ResNet {model_or_name!r}; expected one of "
                              f"{[f'resnet{d}' for d in CIFAR_RESNET_DEPTHS]}")
         model = getattr(resnet_cifar, model_or_name)()
+    if path is None or path is False:
+        return model
+    if path is True:
+        raise ValueError("pretrained=True: pass the checkpoint or its folder instead, "
+                         "e.g. pretrained='../shared/weights/cifar10-resnet'")
     return load_weights(model, find_cifar_resnet_file(path, _cifar_resnet_depth(model)))
 
 

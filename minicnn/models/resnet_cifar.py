@@ -18,8 +18,10 @@ without its ``module.`` prefix (``conv1.weight``, ``layer2.0.bn1.running_mean``,
 ``linear.bias``, ...), so its checkpoints load with renames only.  Init as
 there: Kaiming normal for conv and linear weights; zero linear bias, BatchNorm
 weight 1 and bias 0.  Parameters: 269,722 / 464,154 / 658,586 / 853,018.
+``pretrained=PATH`` loads akamaster's checkpoint (see ``minicnn.models.pretrained``).
 """
 from .. import nn, ops
+from .pretrained import load_cifar_resnet
 
 __all__ = ["BasicBlock", "ShortcutA", "ResNetCIFAR", "resnet20", "resnet32", "resnet44", "resnet56"]
 
@@ -94,21 +96,21 @@ class ResNetCIFAR(nn.Module):
         return self.linear(out.mean(axis=(2, 3)))
 
 
-def resnet20(num_classes=10):
+def resnet20(num_classes=10, pretrained=None):
     """ResNet-20 (3 blocks per stage, 269,722 parameters)."""
-    return ResNetCIFAR((3, 3, 3), num_classes)
+    return load_cifar_resnet(ResNetCIFAR((3, 3, 3), num_classes), pretrained)
 
 
-def resnet32(num_classes=10):
+def resnet32(num_classes=10, pretrained=None):
     """ResNet-32 (5 blocks per stage, 464,154 parameters)."""
-    return ResNetCIFAR((5, 5, 5), num_classes)
+    return load_cifar_resnet(ResNetCIFAR((5, 5, 5), num_classes), pretrained)
 
 
-def resnet44(num_classes=10):
+def resnet44(num_classes=10, pretrained=None):
     """ResNet-44 (7 blocks per stage, 658,586 parameters)."""
-    return ResNetCIFAR((7, 7, 7), num_classes)
+    return load_cifar_resnet(ResNetCIFAR((7, 7, 7), num_classes), pretrained)
 
 
-def resnet56(num_classes=10):
+def resnet56(num_classes=10, pretrained=None):
     """ResNet-56 (9 blocks per stage, 853,018 parameters)."""
-    return ResNetCIFAR((9, 9, 9), num_classes)
+    return load_cifar_resnet(ResNetCIFAR((9, 9, 9), num_classes), pretrained)
