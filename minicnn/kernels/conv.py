@@ -125,3 +125,83 @@ def _row2im(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dxh):
 transpose = njit(cache=True, nogil=True)(_transpose)
 im2row = njit(cache=True, nogil=True)(_im2row)
 row2im = njit(cache=True, nogil=True)(_row2im)
+
+
+# ------------------------------------------------------------------ depthwise
+# With one input channel per group (depthwise: groups == C, O = C·mult) the GEMMs
+# would have K = kh·kw: too small for BLAS.  These loop over the taps directly,
+# on NCHW, with the output column as the vectorized inner loop.
+
+def _valid_span(o_count, stride, pad, offset, size):
+    """The o in [lo, hi) with 0 <= o*stride - pad + offset < size."""
+    lo = max(0, -((offset - pad) // stride))
+    hi = min(o_count, (size - 1 + pad - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, y):
+    """y[n, o] = bias[o] + Σ_ij w[o, i, j] · x[n, o // mult] shifted; x (nb, C, H, W),
+    w (O, kh, kw), bias (O,) or empty, y (nb, O, Ho, Wo), mult = O / C."""
+    nb, C, H, W = x.shape
+    O, kh, kw = w.shape
+    Ho, Wo = y.shape[2], y.shape[3]
+    mult = O // C
+    has_bias = bias.shape[0] > 0
+    for n in range(nb):
+        for o in range(O):
+            c = o // mult
+            b = bias[o] if has_bias else 0
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    y[_u(n), _u(o), _u(oh), _u(ow)] = b
+            for i in range(kh):
+                for j in range(kw):
+                    wv = w[o, i, j]
+                    lo, hi = valid_span(Wo, sw, pw, j * dw, W)
+                    for oh in range(Ho):
+                        ih = oh * sh - ph + i * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        iw0 = lo * sw - pw + j * dw
+                        for q in range(hi - lo):
+                            y[_u(n), _u(o), _u(oh), _u(lo + q)] += wv * x[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)]
+
+
+def _depthwise_backward(x, w, gy, sh, sw, ph, pw, dh, dw, gx, gw):
+    """gx (nb, C, H, W) overwritten with dL/dx (skipped if empty); gw (O, kh, kw)
+    overwritten with this chunk's dL/dw (skipped if empty)."""
+    nb, C, H, W = x.shape
+    O, kh, kw = w.shape
+    Ho, Wo = gy.shape[2], gy.shape[3]
+    mult = O // C
+    need_x, need_w = gx.shape[0] > 0, gw.shape[0] > 0
+    if need_x:
+        gx[...] = 0
+    if need_w:
+        gw[...] = 0
+    for n in range(nb):
+        for o in range(O):
+            c = o // mult
+            for i in range(kh):
+                for j in range(kw):
+                    wv = w[o, i, j]
+                    lo, hi = valid_span(Wo, sw, pw, j * dw, W)
+                    s = 0.0
+                    for oh in range(Ho):
+                        ih = oh * sh - ph + i * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        iw0 = lo * sw - pw + j * dw
+                        for q in range(hi - lo):
+                            g = gy[_u(n), _u(o), _u(oh), _u(lo + q)]
+                            if need_w:
+                                s += g * x[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)]
+                            if need_x:
+                                gx[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)] += wv * g
+                    if need_w:
+                        gw[o, i, j] += s
+
+
+valid_span = njit(cache=True, inline="always")(_valid_span)
+depthwise = njit(cache=True, nogil=True)(_depthwise)
+depthwise_backward = njit(cache=True, nogil=True)(_depthwise_backward)

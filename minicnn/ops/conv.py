@@ -18,7 +18,8 @@ Chunks keep the row matrix in cache and bound its memory, and are spread over
 the worker threads (``minicnn._runtime.parallel_for``); the backward pass
 recomputes the rows from x instead of keeping them alive between the passes.  A
 1x1 convolution with stride 1 and no padding needs no im2row: its rows are the
-NHWC image itself.
+NHWC image itself.  With one input channel per group (depthwise) the GEMMs
+would be too thin for BLAS, so ``kernels.conv.depthwise`` loops over the taps.
 """
 import numpy as np
 
@@ -34,6 +35,7 @@ CHUNK_BYTES = 2 << 20
 MIN_CHUNKS = 4
 _FLOATS = (np.float32, np.float64)
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
+_EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (3, 4)} for t in _FLOATS}   # "no gradient wanted"
 
 
 def _chunk_images(n, row_bytes_per_image):
@@ -54,6 +56,8 @@ class _Plan:
         self.O, self.L = w.shape[0], Ho * Wo
         self.K = self.C * w.shape[2] * w.shape[3]
         self.pointwise = w.shape[2:] == (1, 1) and geometry[:2] == ((1, 1), (0, 0)) and self.groups == 1
+        self.depthwise = w.shape[1] == 1 and self.groups > 1
+        self.taps = (sh, sw, pt, pl, dh, dw)
         self.nb = _chunk_images(self.N, self.K * self.L * x.itemsize)
         self.n_chunks = -(-self.N // self.nb)
         self.kernel_args = (self.groups, w.shape[2], w.shape[3], sh, sw, pt, pl, dh, dw, Ho, Wo)
@@ -114,6 +118,9 @@ class Conv2d(Function):
 
         def chunk(k):
             part = plan.images(k)
+            if plan.depthwise:
+                K.depthwise(x[part], w.reshape(O, *w.shape[2:]), bias, *plan.taps, y[part])
+                return
             rows = plan.rows(x[part])
             yt = plan.buffer("yt", rows.shape[0], O)
             np.matmul(plan.grouped(rows), wr_t, out=plan.grouped(yt))
@@ -130,22 +137,29 @@ class Conv2d(Function):
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
         plan = _Plan(x, w, ctx.geometry)
         N, O, L = plan.N, plan.O, plan.L
-        gy3 = np.ascontiguousarray(gy).reshape(N, O, L)
+        gy = np.ascontiguousarray(gy)
+        gy3 = gy.reshape(N, O, L)
         if not (need_x or need_w):
             return None, None, gy3.sum(axis=(0, 2), dtype=np.float64).astype(x.dtype) if need_b else None
         gx = np.empty_like(x) if need_x else None
         wr = _rows_weight(w, groups)
         # One slot per chunk, summed in chunk order: the same bits whichever worker ran it.
-        gw_parts = np.empty((plan.n_chunks,) + wr.transpose(0, 2, 1).shape, x.dtype) if need_w else None
+        slot = (O,) + w.shape[2:] if plan.depthwise else wr.transpose(0, 2, 1).shape
+        gw_parts = np.empty((plan.n_chunks,) + slot, x.dtype) if need_w else None
         gb_parts = np.empty((plan.n_chunks, O), np.float64) if need_b else None
 
         def chunk(k):
             part = plan.images(k)
             n = gy3[part].shape[0]
-            gt = plan.buffer("yt", n * L, O)
-            K.transpose(gy3[part], _NO_BIAS[x.dtype], gt.reshape(n, L, O))
             if need_b:
                 gy3[part].sum(axis=(0, 2), dtype=np.float64, out=gb_parts[k])
+            if plan.depthwise:
+                K.depthwise_backward(x[part], w.reshape(O, *w.shape[2:]), gy[part], *plan.taps,
+                                     gx[part] if need_x else _EMPTY[x.dtype][4],
+                                     gw_parts[k] if need_w else _EMPTY[x.dtype][3])
+                return
+            gt = plan.buffer("yt", n * L, O)
+            K.transpose(gy3[part], _NO_BIAS[x.dtype], gt.reshape(n, L, O))
             gt_g = plan.grouped(gt)
             if need_w:                   # as dWrᵀ: the faster GEMM orientation here
                 np.matmul(plan.grouped(plan.rows(x[part])).transpose(0, 2, 1), gt_g, out=gw_parts[k])
@@ -161,7 +175,9 @@ class Conv2d(Function):
 
         parallel_for(plan.n_chunks, chunk)
         gw = None
-        if need_w:
+        if need_w and plan.depthwise:
+            gw = gw_parts.sum(axis=0).reshape(w.shape)
+        elif need_w:
             Cg, kh, kw = w.shape[1:]
             gw = gw_parts.sum(axis=0).reshape(groups, kh, kw, Cg, O // groups)
             gw = np.ascontiguousarray(gw.transpose(0, 4, 3, 1, 2)).reshape(w.shape)
