@@ -42,15 +42,16 @@ def reference_conv(x, w, b, stride, pads, dilation, groups):
 
 
 @st.composite
-def conv_cases(draw, max_side=7):
-    """A valid conv2d case: arrays (float64) and arguments, with the resolved paddings."""
-    groups = draw(st.integers(1, 3))
+def conv_cases(draw, max_side=7, winograd=False):
+    """A valid conv2d case: arrays (float64) and arguments, with the resolved paddings.
+    ``winograd``: only 3x3, stride 1, undilated, ungrouped (the Winograd route)."""
+    groups = 1 if winograd else draw(st.integers(1, 3))
     Cg, Og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     N = draw(st.integers(1, 3))
     H, W = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    stride = draw(st.sampled_from([1, 2, 3, (1, 2), (2, 1)]))
-    dilation = draw(st.sampled_from([1, 2, (1, 2)]))
+    kh, kw = (3, 3) if winograd else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = 1 if winograd else draw(st.sampled_from([1, 2, 3, (1, 2), (2, 1)]))
+    dilation = 1 if winograd else draw(st.sampled_from([1, 2, (1, 2)]))
     padding = draw(st.sampled_from([0, 1, 2, (0, 1), (2, 1), "same", "valid"]))
     s, d = conv_mod._pair(stride, "", "", 1), conv_mod._pair(dilation, "", "", 1)
     pads = conv_mod.conv_padding(padding, (H, W), (kh, kw), s, d)
@@ -73,7 +74,18 @@ def chunking(request, monkeypatch):
     return request.param
 
 
-@given(conv_cases())
+@pytest.fixture(params=[False, True], ids=["im2row", "winograd"])
+def winograd(request, monkeypatch):
+    """Run with the default routing, or with every 3x3 stride-1 ungrouped conv on Winograd."""
+    if request.param:
+        monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1)
+        monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_PRODUCT", 1)
+    return request.param
+
+
+@pytest.mark.usefixtures("winograd")
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the routing holds for all examples
+@given(st.one_of(conv_cases(), conv_cases(winograd=True)))
 def test_forward_matches_loops(case):
     x, w, b, kw, (s, pads, d) = case
     expected = reference_conv(x, w, b, s, pads, d, kw["groups"])
@@ -85,9 +97,9 @@ def test_forward_matches_loops(case):
     np.testing.assert_allclose(y32.data, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.usefixtures("chunking")
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the chunk size holds for all examples
-@given(conv_cases(max_side=5))
+@pytest.mark.usefixtures("chunking", "winograd")
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # chunks and routing hold for all examples
+@given(st.one_of(conv_cases(max_side=5), conv_cases(max_side=5, winograd=True)))
 def test_gradients_match_finite_differences(case):
     x, w, b, kw, _ = case
     inputs = [tensor(x, requires_grad=True), tensor(w, requires_grad=True)]
@@ -97,11 +109,12 @@ def test_gradients_match_finite_differences(case):
 
 
 @pytest.mark.parametrize("need", ["x", "w", "b", "xb", "wb"])
-def test_partial_gradients(need, chunking):
+@pytest.mark.parametrize("stride", [(2, 1), 1])
+def test_partial_gradients(need, stride, chunking, winograd):
     """Each subset of inputs requiring grad gets exactly its gradients (the others are skipped)."""
     rng = np.random.default_rng(1)
-    x, w, b = rng.standard_normal((3, 4, 6, 5)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
-    kw = dict(stride=(2, 1), padding="same", dilation=1, groups=2)
+    x, w, b = rng.standard_normal((3, 4, 6, 5)), rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
+    kw = dict(stride=stride, padding="same", dilation=1, groups=1)
     full = [tensor(a, requires_grad=True) for a in (x, w, b)]
     gy = rng.standard_normal(ops.conv2d(*full, **kw).shape)
     ops.conv2d(*full, **kw).backward(gy)
@@ -189,7 +202,9 @@ def test_module_init_shapes_and_repr():
         nn.Conv2d(4, 6, 3, groups=3)
 
 
-@given(conv_cases())
+@pytest.mark.usefixtures("winograd")
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(conv_cases(), conv_cases(winograd=True)))
 def test_matches_torch(torch, against_torch, case):
     x, w, b, kw, (s, ((pt, pb), (pl, pr)), d) = case
     F = torch.nn.functional
