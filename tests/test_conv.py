@@ -53,7 +53,7 @@ def conv_cases(draw, max_side=7, winograd=False):
     stride = 1 if winograd else draw(st.sampled_from([1, 2, 3, (1, 2), (2, 1)]))
     dilation = 1 if winograd else draw(st.sampled_from([1, 2, (1, 2)]))
     padding = draw(st.sampled_from([0, 1, 2, (0, 1), (2, 1), "same", "valid"]))
-    s, d = conv_mod._pair(stride, "", "", 1), conv_mod._pair(dilation, "", "", 1)
+    s, d = conv_mod.as_pair(stride, "", "", 1), conv_mod.as_pair(dilation, "", "", 1)
     pads = conv_mod.conv_padding(padding, (H, W), (kh, kw), s, d)
     for size, (p0, p1), k, dd in zip((H, W), pads, (kh, kw), d):
         if size + p0 + p1 < dd * (k - 1) + 1:   # kernel larger than the padded input: see test_errors

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import ops
-from ..ops.conv import _pair
+from ..ops.conv import as_pair
 from . import init
 from .module import Module
 from .parameter import Parameter
@@ -32,10 +32,10 @@ class Conv2d(Module):
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"{layer}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _pair(kernel_size, "kernel_size", layer, 1)
-        self.stride = _pair(stride, "stride", layer, 1)
-        self.dilation = _pair(dilation, "dilation", layer, 1)
-        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding", layer, 0)
+        self.kernel_size = as_pair(kernel_size, "kernel_size", layer, 1)
+        self.stride = as_pair(stride, "stride", layer, 1)
+        self.dilation = as_pair(dilation, "dilation", layer, 1)
+        self.padding = padding if isinstance(padding, str) else as_pair(padding, "padding", layer, 0)
         self.weight = Parameter(np.empty((out_channels, in_channels // groups) + self.kernel_size, dtype))
         init.kaiming_normal_(self.weight)
         self.register_parameter("bias", Parameter(np.zeros(out_channels, dtype)) if bias else None)

@@ -287,7 +287,8 @@ class Conv2d(Function):
 
 # --------------------------------------------------------------------- arguments
 
-def _pair(v, what, layer, minimum):
+def as_pair(v, what, layer, minimum):
+    """``v`` (int or pair of ints, each >= ``minimum``) as a pair; errors name ``layer`` and ``what``."""
     pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else None
     if pair is None or len(pair) != 2 or not all(isinstance(p, (int, np.integer)) for p in pair):
         raise TypeError(f"{layer}: {what} must be an int or a pair of ints, got {v!r}")
@@ -312,7 +313,7 @@ def conv_padding(padding, in_hw, kernel, stride, dilation, layer="conv2d"):
         if padding == "same":
             return tuple(_same_padding(n, k, s, d) for n, k, s, d in zip(in_hw, kernel, stride, dilation))
         raise ValueError(f"{layer}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    ph, pw = _pair(padding, "padding", layer, 0)
+    ph, pw = as_pair(padding, "padding", layer, 0)
     return (ph, ph), (pw, pw)
 
 
@@ -353,8 +354,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             raise TypeError(f"{layer}: {name} dtype {t.dtype} differs from input dtype {x.dtype}")
     if bias is not None and tuple(bias.shape) != (O,):
         raise ValueError(f"{layer}: bias must have shape ({O},), got {tuple(bias.shape)}")
-    stride = _pair(stride, "stride", layer, 1)
-    dilation = _pair(dilation, "dilation", layer, 1)
+    stride = as_pair(stride, "stride", layer, 1)
+    dilation = as_pair(dilation, "dilation", layer, 1)
     pads = conv_padding(padding, (H, W), (kh, kw), stride, dilation, layer)
     out = []
     for size, (p0, p1), k, s, d in zip((H, W), pads, (kh, kw), stride, dilation):

@@ -22,7 +22,7 @@ import numpy as np
 from .._runtime import num_threads, parallel_for
 from ..kernels import pool as K
 from ..tensor import Function
-from .conv import _pair, check_float_input
+from .conv import as_pair, check_float_input
 
 
 def _over_planes(kernel, *arrays):
@@ -109,9 +109,9 @@ def _axis_windows(size, k, s, p, ceil_mode):
 
 def _pool_windows(x, kernel_size, stride, padding, ceil_mode, count_include_pad, layer):
     check_float_input(x, layer)
-    k = _pair(kernel_size, "kernel_size", layer, 1)
-    s = k if stride is None else _pair(stride, "stride", layer, 1)
-    p = _pair(padding, "padding", layer, 0)
+    k = as_pair(kernel_size, "kernel_size", layer, 1)
+    s = k if stride is None else as_pair(stride, "stride", layer, 1)
+    p = as_pair(padding, "padding", layer, 0)
     H, W = x.shape[2:]
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"{layer}: padding {p} must be at most half the kernel size {k}")
@@ -156,7 +156,7 @@ def adaptive_avg_pool2d(x, output_size):
     size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
     if len(size) != 2:
         raise TypeError(f"{layer}: output_size must be an int or a pair, got {output_size!r}")
-    Ho, Wo = _pair(tuple(n if s is None else s for s, n in zip(size, (H, W))), "output_size", layer, 1)
+    Ho, Wo = as_pair(tuple(n if s is None else s for s, n in zip(size, (H, W))), "output_size", layer, 1)
     if (Ho, Wo) == (1, 1):
         return GlobalAvgPool2d.apply(x)
     windows = []
