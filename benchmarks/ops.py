@@ -16,8 +16,9 @@ Method (the machine is shared and noisy, see DESIGN.md):
   same round: > 1 means minicnn is faster.
 A network's total weights each layer by how often it occurs in the network.
 
-Also measured, in fresh processes: the first call of the conv/pool kernels with a
-warm Numba cache (what every later run pays) and with an empty one (compilation).
+Also measured, in fresh processes: the first forward+backward through every conv
+route (im2row, Winograd, depthwise) and pool kernel in float32, with a warm Numba
+cache (what every later run pays) and with an empty one (compilation).
 
 Writes ``ops.json`` and ``ops.md`` to ``--out`` (``ops_t1_cpu.*`` and the like for
 other ``--threads``/``--clock`` settings); prints the Markdown table.  ``--clock cpu``
@@ -142,8 +143,10 @@ import numpy as np, minicnn
 from minicnn import ops
 t1 = time.perf_counter()
 x = minicnn.tensor(np.ones((2, 3, 8, 8), np.float32), requires_grad=True)
-w = minicnn.tensor(np.ones((4, 3, 3, 3), np.float32), requires_grad=True)
-y = ops.conv2d(x, w, None, 1, 1)
+w = minicnn.tensor(np.ones((32, 3, 3, 3), np.float32), requires_grad=True)
+y = ops.conv2d(x, w, None, 1, 1)                                                  # im2row
+y = ops.conv2d(y, minicnn.tensor(np.ones((32, 32, 3, 3), np.float32), requires_grad=True), None, 1, 1)  # Winograd
+y = ops.conv2d(y, minicnn.tensor(np.ones((32, 1, 3, 3), np.float32), requires_grad=True), None, 1, 1, 1, 32)  # depthwise
 y = ops.max_pool2d(y, 2) + ops.avg_pool2d(y, 2) + ops.adaptive_avg_pool2d(y, 4)
 (y.sum() + ops.adaptive_avg_pool2d(y, 1).sum()).backward()
 t2 = time.perf_counter()
