@@ -1,4 +1,5 @@
-"""Numba kernels for convolution as a GEMM: im2row, row2im and the layout moves.
+"""Numba kernels for convolution: im2row/row2im and the layout moves for the GEMM
+route, direct depthwise loops, and the Winograd F(2x2, 3x3) transforms.
 
 A chunk of ``nb`` images is unrolled *pixel-major* into a row matrix
 
@@ -12,12 +13,13 @@ One row per output pixel, the window of each group contiguous (taps in (i, j, c)
 order), so the GEMMs are
 
     forward   Yᵀ (nb*L, O)  = rows · Wrᵀ          Wr = w as (O, kh, kw, C/G) per group
-    backward  dWr (O, K)    = dYᵀᵀ · rows,    drows = dYᵀ · Wr,    dx = row2im(drows)
+    backward  dWrᵀ (K, O)   = rowsᵀ · dYᵀ,    drows = dYᵀ · Wr,    dx = row2im(drows)
 
 with the long pixel axis as the GEMM's M dimension: OpenBLAS runs these narrow
 convolutions (16-64 channels) at 80-95 GFLOP/s per core this way, against 35-60
 with the pixel axis as N.  The rows are built from an NHWC copy of the chunk, so
-each tap copies C/G contiguous values.
+each tap copies C/G contiguous values.  Depthwise convolutions and Winograd have
+their own sections below.
 
 The kernels are plain Python functions compiled with ``njit`` below, so
 ``NUMBA_DISABLE_JIT=1`` runs them as Python.  They are serial and release the GIL:
