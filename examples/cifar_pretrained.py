@@ -14,8 +14,9 @@ points -- train in factory A, test in factory B.
    normalized as in training (ImageNet mean/std), beside the published accuracy
    and a PyTorch reference measured on the same JPEG copy.
 2. **finetune**: two ways to adapt ResNet-20 to the new domain:
-   (a) re-estimate only the BatchNorm statistics on JPEG training images
-       (forward passes, no gradient; the cheapest adaptation there is);
+   (a) re-estimate only the BatchNorm statistics on JPEG training images,
+       augmented as in training (forward passes, no gradient; the cheapest
+       adaptation there is);
    (b) fine-tune all weights on the 50,000 JPEG training images for a short
        run (SGD with Nesterov momentum, weight decay 5e-4, flip + pad-4 crop,
        a cosine schedule from ``--lr`` per batch).
@@ -76,7 +77,7 @@ def test_accuracy(model, test):
 
 def evaluate_all(args, test):
     print(f"Pretrained CIFAR-10 ResNets on the {len(test):,} JPEG test images\n")
-    print(f"| model | published (original images) | PyTorch ref. (JPEG copy) | minicnn (JPEG copy) | time |")
+    print("| model | published (original images) | PyTorch ref. (JPEG copy) | minicnn (JPEG copy) | time |")
     print("|---|---|---|---|---|")
     for name, build in MODELS.items():
         acc, seconds = test_accuracy(build(pretrained=args.weights), test)
@@ -84,19 +85,26 @@ def evaluate_all(args, test):
               flush=True)
 
 
-def reestimate_batchnorm(model, images, batch_size=250):
-    """Replace every BatchNorm's running statistics by their average over ``images``
-    (train-mode forward passes without a graph; no weight changes)."""
+def train_transform():
+    """The augmentation the networks were trained with: flip, pad-4 random crop, normalization."""
+    return transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomCrop(32, padding=4),
+                               cifar_resnet_transform()])
+
+
+def reestimate_batchnorm(model, images, rng, batch_size=250):
+    """Replace every BatchNorm's running statistics by their average over ``images``, augmented
+    as in training (the zero borders of pad-4 crops are part of the statistics the network
+    learned with); train-mode forward passes without a graph, no weight changes."""
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over all batches
-    tf = cifar_resnet_transform()
+    tf = train_transform()
     model.train()
     with minicnn.no_grad():
         for i in range(0, len(images), batch_size):
-            model(minicnn.Tensor(tf(images[i:i + batch_size])))
+            model(minicnn.Tensor(tf(images[i:i + batch_size], rng)))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
@@ -111,7 +119,7 @@ def finetune(args, train, test):
     rng = np.random.default_rng(args.seed)
     pick = rng.choice(len(train), args.bn_images, replace=False)
     start = time.perf_counter()
-    reestimate_batchnorm(model, train.images[pick])
+    reestimate_batchnorm(model, train.images[pick], rng)
     seconds = time.perf_counter() - start
     acc, _ = test_accuracy(model, test)
     rows.append((f"(a) BatchNorm statistics re-estimated on {args.bn_images:,} JPEG train images", acc,
@@ -124,8 +132,7 @@ def finetune(args, train, test):
     steps = args.epochs * -(-len(train) // args.batch_size)
     scheduler = CosineAnnealingLR(optimizer, T_max=steps)
     scheduler.interval = "batch"
-    transform = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomCrop(32, padding=4),
-                                    cifar_resnet_transform()])
+    transform = train_transform()
     print(f"(b) fine-tuning ResNet-20 on {len(train):,} JPEG training images for {args.epochs} "
           f"epoch{'s' * (args.epochs > 1)}", flush=True)
     start = time.perf_counter()

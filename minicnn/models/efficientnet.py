@@ -3,8 +3,9 @@
 Lite drops what runs slowly on mobile CPUs: no squeeze-and-excitation, ReLU6
 instead of swish, and a stem (32 channels) and top (1280) that are not scaled.
 Input (N, 3, 224, 224) RGB scaled as (x - 127)/128
-(:func:`minicnn.models.pretrained.efficientnet_lite0_transform`); every convolution uses TensorFlow's 'same' padding (for
-stride 2 the odd pixel goes bottom/right), as the weights were trained with it.
+(:func:`minicnn.models.pretrained.efficientnet_lite0_transform`).  Every
+convolution uses TensorFlow's 'same' padding (for stride 2 the odd pixel goes
+bottom/right), as the weights were trained with it.
 
     stem    conv 3x3/2, 32 -> BN -> ReLU6                          (N,   32, 112, 112)
     blocks  16 MBConv blocks in 7 stages (table below)             (N,  320,   7,   7)

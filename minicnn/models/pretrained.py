@@ -120,7 +120,8 @@ def find_cifar_resnet_file(path, depth):
 def _cifar_resnet_depth(model):
     stages = [getattr(model, f"layer{i}", None) for i in (1, 2, 3)]
     if any(s is None for s in stages) or len({len(s) for s in stages}) != 1:
-        raise TypeError(f"expected a CIFAR ResNet (layer1..layer3 of equal length), got {type(model).__name__}")
+        raise TypeError(f"expected a CIFAR ResNet (layer1..layer3 of equal length), "
+                        f"got {type(model).__name__}")
     return 6 * len(stages[0]) + 2
 
 
