@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--part", choices=("all", "evaluate", "finetune"), default="all")
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
                    help="folder with resnetNN-<hash>.th (default ../shared/weights/cifar10-resnet)")
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     p.add_argument("--lr", type=float, default=0.02, help="fine-tuning peak learning rate (default 0.02)")
     p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
     p.add_argument("--bn-images", type=int, default=10000,
