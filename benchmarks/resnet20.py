@@ -5,8 +5,10 @@
 Training step: forward + cross-entropy + backward + SGD (momentum 0.9, weight decay
 5e-4) on a batch of 128 random 3x32x32 images.  Inference: forward in eval mode
 without a graph, batch 256.  Each measurement runs in a fresh process (two BLAS /
-OpenMP runtimes in one process slow each other) with the same thread count, after
-warm-up steps; a process reports the median of its timed steps.  The frameworks
+OpenMP runtimes in one process slow each other) with the same thread count
+(torch: ``set_num_threads``; minicnn: ``MINICNN_NUM_THREADS`` conv workers, each
+with a one-thread BLAS), after warm-up steps; a process reports the median of its
+timed steps.  The frameworks
 alternate (minicnn, torch, torch, minicnn, ...) because a neighbour on this
 machine can halve 2-thread speed for tens of seconds; the reported ratio is the
 median over pairs of minicnn/torch, each pair measured back to back.
@@ -139,8 +141,10 @@ def worker(framework, threads, warmup, steps):
 
 
 def _run(framework, args):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
+    n = str(args.threads)
+    # minicnn's conv workers (MINICNN_NUM_THREADS) each run a 1-thread BLAS; torch reads the rest.
+    env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, NUMBA_NUM_THREADS=n, MINICNN_NUM_THREADS=n,
+               OPENBLAS_NUM_THREADS="1" if framework == "minicnn" else n,
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, __file__, "--worker", framework, "--threads", str(args.threads),
            "--warmup", str(args.warmup), "--steps", str(args.steps)]
@@ -163,6 +167,7 @@ def main(argv=None):
         return worker(args.worker, args.threads, args.warmup, args.steps)
 
     runs = {"minicnn": [], "torch": []}
+    load_before = os.getloadavg()[0]
     for i in range(args.pairs):
         order = ("minicnn", "torch") if i % 2 == 0 else ("torch", "minicnn")
         for fw in order:
@@ -181,6 +186,7 @@ def main(argv=None):
         }
     result = {"model": "resnet20", "train_batch": TRAIN_BATCH, "eval_batch": EVAL_BATCH,
               "threads": args.threads, "pairs": args.pairs, "steps_per_run": args.steps,
+              "load_average_1min": [load_before, os.getloadavg()[0]],
               "summary": summary, "runs": runs}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .. import nn, ops
+from .. import nn
 
 __all__ = ["mlp_cifar", "seed_cnn_cifar", "improved_cnn_cifar", "vgg_cifar", "VGG", "VGG_CONFIGS",
            "AirNet", "ConvGroup", "airnet_cifar", "glorot_init_", "patch_whitening"]
