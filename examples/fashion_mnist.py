@@ -93,9 +93,9 @@ def load_data(args):
     else:
         try:
             train, test = FashionMNIST(train=True), FashionMNIST(train=False)
-        except (DownloadError, FileNotFoundError) as e:
+        except (DownloadError, FileNotFoundError, ValueError) as e:  # absent, or no valid copy
             files = ", ".join(f"{n}.gz" for n in MD5)
-            sys.exit("Fashion-MNIST is not on this machine and could not be downloaded.\n"
+            sys.exit("No valid copy of Fashion-MNIST is on this machine, and none could be downloaded.\n"
                      "Get it one of these ways, then run this again:\n"
                      "  apt-get install dataset-fashion-mnist     (installs it in "
                      f"{DEBIAN_DIR})\n"

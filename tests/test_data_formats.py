@@ -120,8 +120,25 @@ def test_fashion_corrupt_local_file(tmp_path, fake_fashion):
     for name in files:
         (folder / name).write_bytes(files[name])
     (folder / "t10k-images-idx3-ubyte").write_bytes(files["t10k-images-idx3-ubyte"][:-1] + b"\1")
-    with pytest.raises(ValueError, match="md5 of the decompressed bytes"):
+    with pytest.warns(UserWarning, match="skipping"), \
+            pytest.raises(ValueError, match="md5 of the decompressed bytes"):
         FashionMNIST(tmp_path, train=False, download=False)
+
+
+def test_fashion_corrupt_cache_falls_back_to_debian_copy(tmp_path, monkeypatch, fake_fashion):
+    files, _ = fake_fashion
+    folder, debian = tmp_path / "fashion-mnist", tmp_path / "debian"
+    folder.mkdir()
+    debian.mkdir()
+    bad = files["t10k-images-idx3-ubyte"][:-1] + b"\1"
+    (folder / "t10k-images-idx3-ubyte").write_bytes(bad)
+    for name in files:
+        (debian / f"{name}.gz").write_bytes(gzip.compress(files[name]))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", debian)
+    with pytest.warns(UserWarning, match="t10k-images-idx3-ubyte: md5"):
+        ds = FashionMNIST(tmp_path, train=False, download=False)
+    np.testing.assert_array_equal(ds.images, parse_idx(files["t10k-images-idx3-ubyte"]))
+    assert (folder / "t10k-images-idx3-ubyte").read_bytes() == bad  # reported, left for the user
 
 
 def test_fashion_missing_without_download(tmp_path, fake_fashion):

@@ -8,6 +8,7 @@ Each file may be gzipped or not.  Debian re-gzipped its copy, so what is
 checked is the md5 of the *decompressed* bytes; a download is checked against
 the official ``.gz`` md5 as it arrives.
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,18 @@ def _verified(path, raw_md5):
 def _idx_bytes(name, folder, download_ok):
     """The verified idx bytes of ``name`` from ``folder``, the Debian copy, or the network."""
     gz_md5, raw_md5 = MD5[name]
+    corrupt = []  # a bad copy is reported, and the next location tried
     for d in (folder, DEBIAN_DIR):
         for p in (d / f"{name}.gz", d / name):
             if p.is_file():
-                return _verified(p, raw_md5)
+                try:
+                    return _verified(p, raw_md5)
+                except (ValueError, OSError) as e:
+                    warnings.warn(f"skipping {e}", stacklevel=3)
+                    corrupt.append(e)
     if not download_ok:
+        if corrupt:
+            raise ValueError(f"no valid copy of Fashion-MNIST file {name} and download=False: {corrupt[0]}")
         raise FileNotFoundError(f"Fashion-MNIST file {name}.gz not found and download=False. "
                                 + _offline_hint(folder))
     dest = download([m + f"{name}.gz" for m in MIRRORS], folder / f"{name}.gz", gz_md5,
