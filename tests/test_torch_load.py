@@ -19,7 +19,7 @@ import pytest
 from minicnn.io import UnsafePickleError, check_hash_prefix, load_torch, sha256sum
 from minicnn.io.torch_load import LEGACY_MAGIC, LEGACY_PROTOCOL
 
-WEIGHTS = Path("/work/shared/weights/cifar10-resnet")
+WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "cifar10-resnet"
 RESNETS = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th",
            44: "resnet44-014dd654.th", 56: "resnet56-4bfd9763.th"}
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_dir(), reason="shared weights not present")

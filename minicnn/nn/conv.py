@@ -16,6 +16,8 @@ class Conv2d(Module):
     'valid' or 'same' (stride > 1: TensorFlow's rule, see :func:`minicnn.ops.conv2d`);
     ``groups`` must divide both channel counts (groups == in_channels: depthwise).
     Init: Kaiming normal (fan_in = in_channels/groups·kh·kw, ReLU gain √2), zero bias.
+    This differs from PyTorch's default (Kaiming uniform with a=√5 and a uniform bias):
+    He init suits the ReLU networks minicnn builds.
 
     >>> conv = Conv2d(3, 16, 3, padding=1)
     >>> conv(x).shape        # x (8, 3, 32, 32)
