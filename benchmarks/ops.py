@@ -29,10 +29,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from harness import env, median_seconds, run_python, thread_env
 
 # (name, network, count in the network, kind, spec)
 #   conv spec: (N, C, H, W, O, k, stride, padding, bias, first)   pool spec: (N, C, H, W, kind, k)
@@ -59,26 +60,10 @@ def conv_gflop(spec):
     return 2 * N * O * C * k * k * Ho * Wo / 1e9
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env(**extra):
-    """This environment, with the repository importable (no install needed) and ``extra``."""
-    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-    return dict(os.environ, PYTHONPATH=path, **extra)
-
-
 # ------------------------------------------------------------------ workers
 
 def _median_ms(fn, reps, clock):
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, reps, clock) * 1e3
 
 
 def _framework(name):
@@ -156,20 +141,16 @@ print(t1 - t0, t2 - t1)
 
 def first_call_seconds(cache_dir=None):
     """(import s, first conv+pool forward/backward s) in a fresh process."""
-    env = _env() if cache_dir is None else _env(NUMBA_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
+    environ = env() if cache_dir is None else env(NUMBA_CACHE_DIR=cache_dir)
+    out = run_python(["-c", FIRST_CALL], environ).split()
     return float(out[0]), float(out[1])
 
 
 # ------------------------------------------------------------------ parent
 
 def run_worker(framework, args):
-    n = str(args.threads)
-    env = _env(NUMBA_NUM_THREADS=n, MINICNN_NUM_THREADS=n, OMP_NUM_THREADS=n)
-    out = subprocess.run([sys.executable, __file__, "--worker", framework, "--reps", str(args.reps),
-                          "--threads", str(args.threads), "--clock", args.clock], env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(run_python([__file__, "--worker", framework, "--reps", str(args.reps),
+                                  "--threads", str(args.threads), "--clock", args.clock], thread_env(args.threads)))
 
 
 def summarize(rounds):
