@@ -121,16 +121,20 @@ def _info(name, kind=tarfile.REGTYPE, linkname=""):
 
 def test_extract_tar_with_inner_links(tmp_path):
     archive = _tar(tmp_path / "ok.tar.gz", [
+        (_info(".", tarfile.DIRTYPE), None),
         (_info("top", tarfile.DIRTYPE), None),
         (_info("top/a.txt"), b"hello"),
         (_info("top/sub/b.txt"), b"world"),
         (_info("top/link", tarfile.SYMTYPE, "a.txt"), None),
+        (_info("top/sub/up", tarfile.SYMTYPE, ".."), None),
+        (_info("top/sub/chain", tarfile.SYMTYPE, "up"), None),      # a link to a link, inside
         (_info("top/sub/hard", tarfile.LNKTYPE, "top/a.txt"), None),
     ])
     dest = extract_archive(archive, tmp_path / "dest")
     assert (dest / "top" / "a.txt").read_bytes() == b"hello"
     assert (dest / "top" / "sub" / "b.txt").read_bytes() == b"world"
     assert (dest / "top" / "link").read_bytes() == b"hello"
+    assert (dest / "top" / "sub" / "chain" / "a.txt").read_bytes() == b"hello"
     assert (dest / "top" / "sub" / "hard").read_bytes() == b"hello"
 
 
@@ -152,6 +156,58 @@ def test_extract_refuses_escaping_tar_members(tmp_path, member):
         extract_archive(archive, dest)
     assert list(dest.iterdir()) == []          # checked before anything was written
     assert not (tmp_path / "evil.txt").exists()
+
+
+
+def _assert_refused(tmp_path, archive, dest, match):
+    """Extraction raises naming the member, and writes nothing anywhere under tmp_path."""
+    before = set(tmp_path.rglob("*"))
+    with pytest.raises(UnsafeArchiveError, match=match):
+        extract_archive(archive, dest)
+    assert set(tmp_path.rglob("*")) == before | {dest}
+
+
+@pytest.mark.parametrize("members, match", [
+    # d/l -> .. is harmless alone (it is dest); what goes through it is refused.
+    ([("d/l", ".."), ("d/l/m", "..")], r"'d/l/m' refused: its path passes through the symlink 'd/l'"),
+    ([("d/l", ".."), ("d/l/../../evil.txt", b"x")], r"'d/l/\.\./\.\./evil.txt' refused.*symlink 'd/l'"),
+    ([("d/l", ".."), ("e", "d/l/../../evil.txt")], r"symlink 'e' -> .* its target passes through .*'d/l'"),
+    ([("d/l", ".."), ("h", tarfile.LNKTYPE, "d/l/../../evil.txt")], r"hard link 'h' -> .*'d/l'"),
+    ([("d/L", ".."), ("d/l/../../evil.txt", b"x")], r"symlink 'd/l'"),  # case-insensitive filesystems
+    ([("d/l/../../evil.txt", b"x"), ("d/l", "..")], r"symlink 'd/l'"),  # link after: refused all the same
+    ([("d/l", "/etc"), ("d/l/passwd", b"x")], r"symlink 'd/l' -> '/etc' refused: its target is absolute"),
+], ids=["link-chain", "file-through-link", "link-through-link", "hardlink-through-link",
+        "through-link-other-case", "link-listed-later", "link-to-absolute"])
+def test_extract_refuses_paths_through_tar_symlinks(tmp_path, members, match):
+    def member(spec):
+        if len(spec) == 3:
+            return _info(spec[0], spec[1], spec[2]), None
+        name, payload = spec
+        if isinstance(payload, bytes):
+            return _info(name), payload
+        return _info(name, tarfile.SYMTYPE, payload), None
+
+    archive = _tar(tmp_path / "bad.tar.gz", [(_info("innocent.txt"), b"ok")] + [member(m) for m in members])
+    dest = tmp_path / "dest"
+    _assert_refused(tmp_path, archive, dest, match)
+    assert list(dest.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, match", [
+    ("out/evil.txt", r"'out/evil.txt' refused: its path passes through the symlink 'out'"),
+    ("d/e/up/../evil.txt", r"passes through the symlink 'd/e/up'"),
+    ("file.txt", r"'file.txt' refused: its path ends on a link already in .* that leads outside"),
+])
+def test_extract_refuses_paths_through_links_already_in_dest(tmp_path, name, match):
+    (tmp_path / "outside").mkdir()
+    dest = tmp_path / "dest"
+    (dest / "d" / "e").mkdir(parents=True)
+    (dest / "out").symlink_to(tmp_path / "outside")
+    (dest / "d" / "e" / "up").symlink_to("../..")               # dest itself, but '..' past it is not
+    (dest / "file.txt").symlink_to(tmp_path / "outside" / "file.txt")
+    archive = _tar(tmp_path / "bad.tar.gz", [(_info("innocent.txt"), b"ok"), (_info(name), b"x")])
+    _assert_refused(tmp_path, archive, dest, match)
+    assert not (dest / "innocent.txt").exists()
 
 
 def test_extract_zip(tmp_path):
