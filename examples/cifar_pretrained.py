@@ -3,6 +3,7 @@
     python examples/cifar_pretrained.py                    # evaluate all four, then fine-tune ResNet-20
     python examples/cifar_pretrained.py --part evaluate    # only the table of the four networks
     python examples/cifar_pretrained.py --part finetune --epochs 2
+    python examples/cifar_pretrained.py --part evaluate --limit 200   # a quick look at 200 images
 
 The weights (github.com/akamaster/pytorch_resnet_cifar10, read from
 ``--weights``, default ../shared/weights/cifar10-resnet) were trained on the
@@ -54,18 +55,24 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
     p.add_argument("--bn-images", type=int, default=10000,
                    help="training images for the BatchNorm re-estimation (default 10,000)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only the first N images of each split (default: all; for a quick run)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.bn_images < 1:
         p.error("--epochs, --batch-size and --bn-images must be positive")
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be positive")
     return args
 
 
-def load_split(train):
+def load_split(train, limit=None):
+    """The CIFAR-10 split from the cache dir, its first ``limit`` images if given."""
     try:
-        return CIFAR10(train=train, download=False)
+        data = CIFAR10(train=train, download=False)
     except FileNotFoundError as e:
         sys.exit(f"{e}\nBuild the JPEG copy with: python ../shared/datasets/make_cifar10_bin.py ~/.cache/minicnn")
+    return data if limit is None else data[:limit]
 
 
 def test_accuracy(model, test):
@@ -117,12 +124,13 @@ def finetune(args, train, test):
     rows.append(("pretrained on the original images", acc, "-"))
 
     rng = np.random.default_rng(args.seed)
-    pick = rng.choice(len(train), args.bn_images, replace=False)
+    bn_images = min(args.bn_images, len(train))
+    pick = rng.choice(len(train), bn_images, replace=False)
     start = time.perf_counter()
     reestimate_batchnorm(model, train.images[pick], rng)
     seconds = time.perf_counter() - start
     acc, _ = test_accuracy(model, test)
-    rows.append((f"(a) BatchNorm statistics re-estimated on {args.bn_images:,} JPEG train images", acc,
+    rows.append((f"(a) BatchNorm statistics re-estimated on {bn_images:,} JPEG train images", acc,
                  f"{seconds:.0f} s"))
     print(f"(a) BatchNorm re-estimation: {acc:.2f}% in {seconds:.0f} s", flush=True)
 
@@ -154,12 +162,12 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.weights.is_dir():
         sys.exit(f"no weights folder {args.weights} (pass --weights DIR with resnetNN-<hash>.th files)")
-    test = load_split(train=False)
+    test = load_split(train=False, limit=args.limit)
     if args.part in ("all", "evaluate"):
         evaluate_all(args, test)
         print()
     if args.part in ("all", "finetune"):
-        finetune(args, load_split(train=True), test)
+        finetune(args, load_split(train=True, limit=args.limit), test)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ Two tasks: all 5 classes, and the seeds' daisy vs dandelion.
 The tables give test accuracy and time (feature extraction is reported once).
 """
 import argparse
+import hashlib
 import sys
 import time
 from functools import partial
@@ -36,8 +37,9 @@ import numpy as np
 import minicnn
 from minicnn import nn
 from minicnn.data import ImageFolder, data_root, extract_archive, transforms
+from minicnn.io import load_state, save_state, sha256sum
 from minicnn.models.efficientnet import efficientnet_lite0
-from minicnn.models.pretrained import efficientnet_lite0_transform
+from minicnn.models.pretrained import efficientnet_lite0_file, efficientnet_lite0_transform
 from minicnn.ops import cross_entropy
 from minicnn.optim import Adam
 from minicnn.train import evaluate, fit
@@ -138,17 +140,24 @@ def from_scratch(args, root):
 
 
 # ------------------------------------------------------------------------ (b), (c) transfer
-def backbone_maps(args, root, bottom, k):
+def features_key(weights, datasets):
+    """12 hex digits of a sha256 over the weights file and the datasets' content keys: new
+    weights or changed images, new cache file."""
+    keys = [sha256sum(weights)] + [ds.content_key for ds in datasets]
+    return hashlib.sha256("\0".join(keys).encode()).hexdigest()[:12]
+
+
+def backbone_maps(args, root, bottom, k, weights):
     """Outputs of the frozen ``bottom`` stages for every train and test image, computed once and
-    kept in ``args.out`` (a later run with the same settings reads them back)."""
-    cache = args.out / f"lite0-{args.size}px-top{k}.npz"
+    kept in ``args.out`` (a later run with the same settings, weights and images reads them back)."""
+    data = {split: ImageFolder(root / split, size=args.size, cache=True) for split in ("train", "test")}
+    cache = args.out / f"lite0-{args.size}px-top{k}-{features_key(weights, data.values())}.npz"
     if cache.is_file():
-        with np.load(cache) as z:
-            print(f"read cached backbone features {cache}", flush=True)
-            return {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "test")}, z["classes"].tolist(), 0.0
+        state = load_state(cache, kind="features")
+        print(f"read cached backbone features {cache}", flush=True)
+        return {s: tuple(state[s]) for s in data}, state["classes"], 0.0
     out, seconds = {}, 0.0
-    for split in ("train", "test"):
-        ds = ImageFolder(root / split, size=args.size, cache=True)
+    for split, ds in data.items():
         print(f"extracting EfficientNet-Lite0 features of {len(ds):,} {split} images "
               f"({args.size}x{args.size}, {len(bottom)} frozen stages) ...", flush=True)
         start = time.perf_counter()
@@ -156,20 +165,19 @@ def backbone_maps(args, root, bottom, k):
         seconds += time.perf_counter() - start
         out[split] = (maps, ds.labels)
         classes = ds.classes
-    args.out.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, classes=np.array(classes), **{f"{s}_{i}": a for s, (x, y) in out.items()
-                                                   for i, a in (("x", x), ("y", y))})
+    save_state(cache, {"classes": classes, **out}, kind="features")
     print(f"feature extraction: {seconds:.0f} s for {sum(len(v[1]) for v in out.values()):,} images "
           f"({out['train'][0].shape[1:]} each)", flush=True)
     return out, classes, seconds
 
 
 def transfer(args, root):
-    net = efficientnet_lite0(pretrained=True, num_classes=0)
+    weights = efficientnet_lite0_file()
+    net = efficientnet_lite0(pretrained=weights, num_classes=0)
     stages, k = net.stages(), args.finetune_stages
     cut = len(stages) - args.cache_stages
     bottom, top = stages[:cut], stages[cut:]
-    maps, classes, extract_seconds = backbone_maps(args, root, bottom, args.cache_stages)
+    maps, classes, extract_seconds = backbone_maps(args, root, bottom, args.cache_stages, weights)
     pretrained_top = top.state_dict()
     rows = {}
     for task in tasks(args):

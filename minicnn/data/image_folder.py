@@ -103,10 +103,12 @@ class ImageFolder(ArrayDataset):
         if not files:
             raise ValueError(f"ImageFolder: no {extensions} images under {root}")
 
+        self._key_args = (root, files, size, extensions, on_error)
+        self._content_key = None
         cache_file = None
         if cache:
             folder = data_root() / "imagefolder-cache" if cache is True else Path(cache)
-            cache_file = folder / f"{_cache_key(root, files, size, extensions, on_error)}.npz"
+            cache_file = folder / f"{self.content_key}.npz"
         loaded = self._load_cache(cache_file)
         if loaded is None:
             loaded = self._decode_all(root, files, size, on_error)
@@ -115,6 +117,15 @@ class ImageFolder(ArrayDataset):
         super().__init__(images, labels, classes)
         self.files = [str(root / f) for f in kept]
         self.root = root
+
+    @property
+    def content_key(self):
+        """Hex sha1 of the decoding settings and every listed file's relative path and bytes:
+        equal keys, equal arrays.  It names the ``.npz`` cache; other caches derived from
+        these images (e.g. a backbone's features) can key on it too."""
+        if self._content_key is None:
+            self._content_key = _cache_key(*self._key_args)
+        return self._content_key
 
     @staticmethod
     def _decode_all(root, files, size, on_error):
