@@ -38,9 +38,10 @@ import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 
-from harness import median_seconds, run_python, thread_env  # noqa: E402
+from harness import ROOT, median_seconds, run_python, thread_env  # noqa: E402
 
 EVAL_BATCH = 256
 # name -> (input shape, training batch, optimizer)
@@ -270,17 +271,29 @@ def main(argv=None):
         results[name] = {"train_batch": MODELS[name][1], "eval_batch": EVAL_BATCH, "summary": summarize(runs),
                          "startup_empty_cache_s": cold, "runs": runs}
     load = (load_before, os.getloadavg()[0])
-    setup = (f"{args.threads} threads per framework, torch {_torch_version()}, {args.pairs} alternating pairs "
+    setup = (f"minicnn {_revision()}, {args.threads} threads per framework, torch {_torch_version()}, "
+             f"{args.pairs} alternating pairs "
              f"x {args.steps} timed steps (after {args.warmup} warm-up steps), medians; 1-min load average "
              f"{load[0]:.1f} before, {load[1]:.1f} after, on a {os.cpu_count()}-core machine.")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "train_throughput.json"), "w") as f:
-        json.dump({"threads": args.threads, "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup,
+        json.dump({"revision": _revision(), "threads": args.threads, "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup,
                    "load_average": load, "models": results}, f, indent=1)
     table = markdown(results, setup)
     with open(os.path.join(args.out, "train_throughput.md"), "w") as f:
         f.write(table + "\n")
     print(table)
+
+
+def _revision():
+    """The checkout's commit (with '+changes' if the tree differs from it), or 'unknown'."""
+    def git(*a):
+        return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True).stdout.strip()
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        return (head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")) or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def _torch_version():
