@@ -149,11 +149,13 @@ def _steps(framework, name, images, labels, eval_images):
         import torch
         import torch.nn.functional as F
         twin = torch_twin(model)
-        with minicnn.no_grad():
-            model.eval(), twin.eval()
+        model.eval()
+        twin.eval()
+        with minicnn.no_grad(), torch.no_grad():
             probe = images[:8]
-            diff = np.abs(model(minicnn.tensor(probe)).data - twin(torch.from_numpy(probe)).detach().numpy()).max()
-            model.train(), twin.train()
+            diff = np.abs(model(minicnn.tensor(probe)).data - twin(torch.from_numpy(probe)).numpy()).max()
+        model.train()
+        twin.train()
         if diff > 1e-3:
             raise RuntimeError(f"torch twin of {name} disagrees with minicnn: max |logit diff| {diff:.2e}")
         model, tensor, loss_fn, no_grad, opt_mod = twin, torch.from_numpy, F.cross_entropy, torch.no_grad, torch.optim

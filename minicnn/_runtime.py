@@ -1,5 +1,6 @@
 """Threads: the environment set before NumPy and Numba start, and the worker pool
-that the convolutions and pooling layers use.
+that the convolutions and pooling layers use.  Memory: glibc's allocator told to keep
+freed activation buffers for reuse (see ``MALLOC_SETTINGS`` below).
 
 Two thread pools on a small CPU are the hazard measured here.  A convolution is
 a pipeline of short steps per chunk of images (layout move, im2row, GEMM,
