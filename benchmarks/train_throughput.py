@@ -272,14 +272,14 @@ def main(argv=None):
             cold = run_worker("minicnn", name, args, NUMBA_CACHE_DIR=empty)["startup_s"]
         results[name] = {"train_batch": MODELS[name][1], "eval_batch": EVAL_BATCH, "summary": summarize(runs),
                          "startup_empty_cache_s": cold, "runs": runs}
-    load = (load_before, os.getloadavg()[0])
-    setup = (f"minicnn {_revision()}, {args.threads} threads per framework, torch {_torch_version()}, "
+    load, revision = (load_before, os.getloadavg()[0]), _revision()
+    setup = (f"minicnn {revision}, {args.threads} threads per framework, torch {_torch_version()}, "
              f"{args.pairs} alternating pairs "
              f"x {args.steps} timed steps (after {args.warmup} warm-up steps), medians; 1-min load average "
              f"{load[0]:.1f} before, {load[1]:.1f} after, on a {os.cpu_count()}-core machine.")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "train_throughput.json"), "w") as f:
-        json.dump({"revision": _revision(), "threads": args.threads, "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup,
+        json.dump({"revision": revision, "threads": args.threads, "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup,
                    "load_average": load, "models": results}, f, indent=1)
     table = markdown(results, setup)
     with open(os.path.join(args.out, "train_throughput.md"), "w") as f:
