@@ -74,16 +74,18 @@ def chunking(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=[False, True], ids=["im2row", "winograd"])
-def winograd(request, monkeypatch):
-    """Run with the default routing, or with every 3x3 stride-1 ungrouped conv on Winograd."""
-    if request.param:
+@pytest.fixture(params=["im2col", "im2row", "winograd"])
+def route(request, monkeypatch):
+    """Run every ungrouped conv that is not 1x1 on the im2col route, or none on it (im2row),
+    or, on top of that, every 3x3 stride-1 ungrouped conv on Winograd."""
+    monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 10**9 if request.param == "im2col" else 0)
+    if request.param == "winograd":
         monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1)
         monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_PRODUCT", 1)
     return request.param
 
 
-@pytest.mark.usefixtures("winograd")
+@pytest.mark.usefixtures("route")
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the routing holds for all examples
 @given(st.one_of(conv_cases(), conv_cases(winograd=True)))
 def test_forward_matches_loops(case):
@@ -97,7 +99,7 @@ def test_forward_matches_loops(case):
     np.testing.assert_allclose(y32.data, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.usefixtures("chunking", "winograd")
+@pytest.mark.usefixtures("chunking", "route")
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # chunks and routing hold for all examples
 @given(st.one_of(conv_cases(max_side=5), conv_cases(max_side=5, winograd=True)))
 def test_gradients_match_finite_differences(case):
@@ -110,7 +112,7 @@ def test_gradients_match_finite_differences(case):
 
 @pytest.mark.parametrize("need", ["x", "w", "b", "xb", "wb"])
 @pytest.mark.parametrize("stride", [(2, 1), 1])
-def test_partial_gradients(need, stride, chunking, winograd):
+def test_partial_gradients(need, stride, chunking, route):
     """Each subset of inputs requiring grad gets exactly its gradients (the others are skipped)."""
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((3, 4, 6, 5)), rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
@@ -202,7 +204,7 @@ def test_module_init_shapes_and_repr():
         nn.Conv2d(4, 6, 3, groups=3)
 
 
-@pytest.mark.usefixtures("winograd")
+@pytest.mark.usefixtures("route")
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(conv_cases(), conv_cases(winograd=True)))
 def test_matches_torch(torch, against_torch, case):
@@ -224,6 +226,7 @@ def test_same_matches_torch_same_at_stride_1(torch, against_torch):
                   lambda *t: torch.nn.functional.conv2d(*t, padding="same", dilation=(1, 2)), x, w, b)
 
 
+@pytest.mark.usefixtures("route")
 def test_same_bits_with_one_or_two_worker_threads(monkeypatch):
     """Chunks are summed in chunk order, so the thread count does not change the rounding."""
     rng = np.random.default_rng(5)

@@ -18,8 +18,8 @@ order), so the GEMMs are
 with the long pixel axis as the GEMM's M dimension: OpenBLAS runs these narrow
 convolutions (16-64 channels) at 80-95 GFLOP/s per core this way, against 35-60
 with the pixel axis as N.  The rows are built from an NHWC copy of the chunk, so
-each tap copies C/G contiguous values.  Depthwise convolutions and Winograd have
-their own sections below.
+each tap copies C/G contiguous values.  Thin layers (channel-major im2col),
+depthwise convolutions and Winograd have their own sections below.
 
 The kernels are plain Python functions compiled with ``njit`` below, so
 ``NUMBA_DISABLE_JIT=1`` runs them as Python.  They are serial and release the GIL:
@@ -207,6 +207,62 @@ def _depthwise_backward(x, w, gy, sh, sw, ph, pw, dh, dw, gx, gw):
 valid_span = njit(cache=True, inline="always")(_valid_span)
 depthwise = njit(cache=True, nogil=True)(_depthwise)
 depthwise_backward = njit(cache=True, nogil=True)(_depthwise_backward)
+
+
+# ------------------------------------------------------------------ im2col (thin layers)
+# With few taps per window (K = C·kh·kw small, e.g. a 1- or 3-channel first layer)
+# the GEMMs are cheap and the layout moves around them dominate.  The channel-major
+# unrolling of each image,
+#     cols[n, (c*kh + i)*kw + j, oh*Wo + ow] = x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
+# (nb, K, L), is read from and written back to NCHW directly, and the GEMMs
+#     forward  y_n = W · cols_n (O, L)     backward  dW = Σ_n dy_n · cols_nᵀ,  dcols_n = Wᵀ · dy_n
+# produce NCHW with no transpose.
+
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, cols):
+    """x (nb, C, H, W) -> cols (nb, C*kh*kw, Ho*Wo) as above, zero in the padding."""
+    nb, C, H, W = x.shape
+    for n in range(nb):
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    k = (c * kh + i) * kw + j
+                    lo, hi = valid_span(Wo, sw, pw, j * dw, W)
+                    iw0 = lo * sw - pw + j * dw
+                    for oh in range(Ho):
+                        r = oh * Wo
+                        ih = oh * sh - ph + i * dh
+                        lo_, hi_ = (Wo, Wo) if ih < 0 or ih >= H else (lo, hi)   # a padding row: all zero
+                        for q in range(lo_):
+                            cols[_u(n), _u(k), _u(r + q)] = 0
+                        for q in range(hi_, Wo):
+                            cols[_u(n), _u(k), _u(r + q)] = 0
+                        for q in range(hi_ - lo_):
+                            cols[_u(n), _u(k), _u(r + lo + q)] = x[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)]
+
+
+def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, gx):
+    """The adjoint of im2col: gx (nb, C, H, W) = Σ of the cols entries that read each
+    pixel.  ``gx`` is overwritten."""
+    nb, C, H, W = gx.shape
+    gx[...] = 0
+    for n in range(nb):
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    k = (c * kh + i) * kw + j
+                    lo, hi = valid_span(Wo, sw, pw, j * dw, W)
+                    iw0 = lo * sw - pw + j * dw
+                    for oh in range(Ho):
+                        ih = oh * sh - ph + i * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        r = oh * Wo + lo
+                        for q in range(hi - lo):
+                            gx[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)] += cols[_u(n), _u(k), _u(r + q)]
+
+
+im2col = njit(cache=True, nogil=True)(_im2col)
+col2im = njit(cache=True, nogil=True)(_col2im)
 
 
 # ------------------------------------------------------------------ Winograd F(2x2, 3x3)
