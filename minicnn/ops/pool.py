@@ -39,6 +39,11 @@ def _over_planes(kernel, *arrays):
     parallel_for(-(-P // step), task)
 
 
+def _halving(lo, hi):
+    """True if the windows along an axis are [2·o, 2·o + 2): 2x2 stride-2 pooling's."""
+    return bool(np.all(hi - lo == 2) and np.array_equal(lo, 2 * np.arange(len(lo))))
+
+
 class MaxPool2d(Function):
     """y = max over each window; the argmax of each window is saved for backward."""
 
@@ -47,7 +52,11 @@ class MaxPool2d(Function):
         N, C, H, W = x.shape
         y = np.empty((N * C,) + out_hw, x.dtype)
         argmax = np.empty(y.shape, np.int32)
-        _over_planes(K.max_pool, np.ascontiguousarray(x).reshape(N * C, H, W), *windows[:4], y, argmax)
+        planes = np.ascontiguousarray(x).reshape(N * C, H, W)
+        if _halving(*windows[:2]) and _halving(*windows[2:4]):
+            _over_planes(K.max_pool_2x2, planes, y, argmax)
+        else:
+            _over_planes(K.max_pool, planes, *windows[:4], y, argmax)
         ctx.save_for_backward(argmax)
         ctx.x_shape = x.shape
         return y.reshape(N, C, *out_hw)
