@@ -181,6 +181,16 @@ def parallel_for(n_tasks, work):
         future.result()
 
 
+def parallel_slices(n, work, min_length=1):
+    """Call ``work(s)`` for slices ``s`` covering ``range(n)``, spread over the worker
+    threads: about four per worker (so a worker that loses its core does fewer), each
+    at least ``min_length`` long (short jobs run inline).  ``work`` obeys the rules of
+    :func:`parallel_for`."""
+    tasks = max(1, min(4 * num_threads(), n // max(1, min_length)))
+    step = -(-n // tasks) if n else 1
+    parallel_for(-(-n // step), lambda k: work(slice(k * step, min(n, (k + 1) * step))))
+
+
 _scratch = threading.local()
 
 

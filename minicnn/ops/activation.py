@@ -3,21 +3,34 @@ import math
 
 import numpy as np
 
+from .._runtime import parallel_slices
+from ..kernels import activation as K
 from ..kernels.special import erf
 from ..tensor import Function
 
+_SLICE = 1 << 16   # elements per worker task at least: below that, threads cost more than they save
+
 
 class ReLU(Function):
-    """y = max(x, 0).   dy/dx = [x > 0]."""
+    """y = max(x, 0).   dy/dx = [x > 0] (0 at x = 0, as PyTorch).  Large arrays run in
+    slices on the worker threads."""
     @staticmethod
     def forward(ctx, x):
-        y = np.maximum(x, 0)
+        x = np.asarray(x, order="C")        # (not ascontiguousarray: it makes 0-d arrays 1-d)
+        y = np.empty_like(x)
+        xf, yf = x.reshape(-1), y.reshape(-1)
+        parallel_slices(x.size, lambda s: K.relu(xf[s], yf[s]), _SLICE)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        return g * (ctx.saved[0] > 0)
+        y, = ctx.saved
+        g = np.asarray(g, order="C")
+        gx = np.empty_like(g)
+        gf, yf, gxf = g.reshape(-1), y.reshape(-1), gx.reshape(-1)
+        parallel_slices(g.size, lambda s: K.relu_backward(gf[s], yf[s], gxf[s]), _SLICE)
+        return gx
 
 
 class ReLU6(Function):

@@ -19,24 +19,10 @@ variants share one forward and one backward kernel per reduction.
 """
 import numpy as np
 
-from .._runtime import num_threads, parallel_for
+from .._runtime import parallel_slices
 from ..kernels import pool as K
 from ..tensor import Function
 from .conv import as_pair, check_float_input
-
-
-def _over_planes(kernel, *arrays):
-    """Run ``kernel(*arrays)`` on slices of planes (the leading axis of every array that
-    has one of length P; others pass whole) spread over the worker threads."""
-    P = arrays[0].shape[0]
-    n = min(P, 4 * num_threads())
-    step = -(-P // n)
-
-    def task(k):
-        part = slice(k * step, (k + 1) * step)
-        kernel(*(a[part] if a.ndim > 1 else a for a in arrays))
-
-    parallel_for(-(-P // step), task)
 
 
 def _halving(lo, hi):
@@ -54,9 +40,9 @@ class MaxPool2d(Function):
         argmax = np.empty(y.shape, np.int32)
         planes = np.ascontiguousarray(x).reshape(N * C, H, W)
         if _halving(*windows[:2]) and _halving(*windows[2:4]):
-            _over_planes(K.max_pool_2x2, planes, y, argmax)
+            parallel_slices(N * C, lambda s: K.max_pool_2x2(planes[s], y[s], argmax[s]))
         else:
-            _over_planes(K.max_pool, planes, *windows[:4], y, argmax)
+            parallel_slices(N * C, lambda s: K.max_pool(planes[s], *windows[:4], y[s], argmax[s]))
         ctx.save_for_backward(argmax)
         ctx.x_shape = x.shape
         return y.reshape(N, C, *out_hw)
@@ -66,7 +52,8 @@ class MaxPool2d(Function):
         (argmax,) = ctx.saved
         N, C, H, W = ctx.x_shape
         gx = np.empty((N * C, H * W), gy.dtype)
-        _over_planes(K.max_pool_backward, np.ascontiguousarray(gy).reshape(N * C, -1), argmax.reshape(N * C, -1), gx)
+        gy, argmax = np.ascontiguousarray(gy).reshape(N * C, -1), argmax.reshape(N * C, -1)
+        parallel_slices(N * C, lambda s: K.max_pool_backward(gy[s], argmax[s], gx[s]))
         return gx.reshape(ctx.x_shape)
 
 
@@ -77,7 +64,8 @@ class AvgPool2d(Function):
     def forward(ctx, x, windows, out_hw):
         N, C, H, W = x.shape
         y = np.empty((N * C,) + out_hw, x.dtype)
-        _over_planes(K.avg_pool, np.ascontiguousarray(x).reshape(N * C, H, W), *windows, y)
+        planes = np.ascontiguousarray(x).reshape(N * C, H, W)
+        parallel_slices(N * C, lambda s: K.avg_pool(planes[s], *windows, y[s]))
         ctx.windows, ctx.x_shape = windows, x.shape
         return y.reshape(N, C, *out_hw)
 
@@ -85,7 +73,8 @@ class AvgPool2d(Function):
     def backward(ctx, gy):
         N, C, H, W = ctx.x_shape
         gx = np.empty((N * C, H, W), gy.dtype)
-        _over_planes(K.avg_pool_backward, np.ascontiguousarray(gy).reshape(N * C, *gy.shape[2:]), *ctx.windows, gx)
+        gy = np.ascontiguousarray(gy).reshape(N * C, *gy.shape[2:])
+        parallel_slices(N * C, lambda s: K.avg_pool_backward(gy[s], *ctx.windows, gx[s]))
         return gx.reshape(ctx.x_shape)
 
 

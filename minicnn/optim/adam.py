@@ -1,7 +1,13 @@
 """Adam and AdamW (torch.optim's exact update rules)."""
+import math
+
 import numpy as np
 
+from .._runtime import parallel_slices
+from ..kernels import optim as K
 from .optimizer import Optimizer
+
+_NONE = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}   # no max_exp_avg_sq
 
 
 class Adam(Optimizer):
@@ -30,10 +36,6 @@ class Adam(Optimizer):
 
     def _update(self, p, g, state, group):
         lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
-        if wd and self.decoupled:
-            p.data *= 1 - lr * wd
-        elif wd:
-            g = g + wd * p.data
         if not state:
             state["step"] = 0
             state["exp_avg"] = np.zeros_like(p.data)
@@ -42,16 +44,19 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = np.zeros_like(p.data)
         state["step"] += 1
         t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        if group["amsgrad"]:
-            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-            v = state["max_exp_avg_sq"]
-        denom = np.sqrt(v) / np.sqrt(1 - b2 ** t) + group["eps"]
-        p.data -= (lr / (1 - b1 ** t)) * m / denom
+        # The kernel updates flat views in place: every array must be contiguous.
+        if not p.data.flags.c_contiguous:
+            p.data = np.ascontiguousarray(p.data)
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in state:
+                state[key] = np.ascontiguousarray(state[key])
+        flat = [a.reshape(-1) for a in (p.data, np.ascontiguousarray(g, p.data.dtype), state["exp_avg"],
+                                        state["exp_avg_sq"], state.get("max_exp_avg_sq", _NONE[p.data.dtype]))]
+        coefs = np.array([b1, 1 - b1, b2, 1 - b2, 0.0 if self.decoupled else wd,
+                          1 - lr * wd if self.decoupled else 1.0, lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t),
+                          group["eps"]]).astype(p.data.dtype)
+        parallel_slices(p.data.size, lambda s: K.adam(*(a[s] if a.size else a for a in flat), tuple(coefs)),
+                        1 << 16)
 
 
 class AdamW(Adam):
