@@ -81,7 +81,6 @@ def route(request, monkeypatch):
     monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 10**9 if request.param == "im2col" else 0)
     if request.param == "winograd":
         monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1)
-        monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_PRODUCT", 1)
     return request.param
 
 

@@ -29,8 +29,8 @@ def run():
     out["conv"] = grads(conv, x, w, b)
     dw = lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding="same", dilation=(2, 1), groups=4)
     out["depthwise"] = grads(dw, x, rng.standard_normal((8, 1, 3, 2)), rng.standard_normal(8))
-    x2 = rng.standard_normal((2, 32, 5, 6))           # wide enough for Winograd
-    out["winograd"] = grads(lambda x, w: ops.conv2d(x, w, padding=(1, 0)), x2, rng.standard_normal((64, 32, 3, 3)))
+    x2 = rng.standard_normal((2, 64, 5, 6))           # wide enough for Winograd
+    out["winograd"] = grads(lambda x, w: ops.conv2d(x, w, padding=(1, 0)), x2, rng.standard_normal((64, 64, 3, 3)))
     thin = lambda x, w, b: ops.conv2d(x, w, b, stride=(1, 2), padding=(2, 1), dilation=(2, 1))   # im2col
     out["im2col"] = grads(thin, x[:, :2], rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3))
     out["pointwise"] = grads(lambda x, w: ops.conv2d(x, w), x, rng.standard_normal((5, 4, 1, 1)))

@@ -46,13 +46,14 @@ from ..tensor import Function
 # count) keeps the chunking, hence the gradients' rounding, the same on every machine.
 CHUNK_BYTES = 2 << 20
 MIN_CHUNKS = 4
-# 3x3 stride-1 ungrouped convolutions with min(C, O) >= WINOGRAD_MIN_CHANNELS and
-# C·O >= WINOGRAD_MIN_PRODUCT use Winograd F(2x2, 3x3): its 16 GEMMs have K = C and
-# N = O, too thin for BLAS below that.  Measured per core (forward+backward,
-# against im2row): 64->64 on 8x8 -16%, 32->64 on 14x14 -14%, 32->32 on 16x16 +-0,
-# 16->16 on 32x32 +25%.
-WINOGRAD_MIN_CHANNELS = 32
-WINOGRAD_MIN_PRODUCT = 2048
+# 3x3 stride-1 ungrouped convolutions with min(C, O) >= WINOGRAD_MIN_CHANNELS use
+# Winograd F(2x2, 3x3): its 16 GEMMs have K = C and N = O, too thin for BLAS below
+# that.  Its transforms move more memory than im2row, so it gains less on two busy
+# cores than on one.  Measured forward+backward on both cores (2 workers), im2row ->
+# Winograd, two runs each: 64->64 on 8x8 13.8/14.0 -> 13.2/11.4 ms, 64->64 on 14x14
+# 22.7/21.8 -> 20.8/17.9 ms; 32->64 on 14x14 12.7/11.7 -> 17.2/11.4 ms, 32->32 on
+# 16x16 17.4/16.9 -> 28.3/17.1 ms (on one core Winograd was ahead there by 5-15%).
+WINOGRAD_MIN_CHANNELS = 64
 # Ungrouped convolutions with at most IM2COL_MAX_K taps per window (C·kh·kw) use the
 # channel-major im2col route, whose GEMMs write NCHW in place: for such thin layers the
 # layout moves of im2row cost more than its faster GEMMs save.  Measured on one core,
@@ -86,8 +87,7 @@ class _Plan:
         self.depthwise = w.shape[1] == 1 and self.groups > 1
         self.taps = (sh, sw, pt, pl, dh, dw)
         self.winograd = (w.shape[2:] == (3, 3) and geometry[0] == geometry[2] == (1, 1) and self.groups == 1
-                         and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS
-                         and self.C * self.O >= WINOGRAD_MIN_PRODUCT)
+                         and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS)
         self.im2col = (not (self.pointwise or self.winograd) and self.groups == 1
                        and self.K <= IM2COL_MAX_K)
         self.tiles = (-(-Ho // 2), -(-Wo // 2))
