@@ -52,7 +52,9 @@ class Context:
     """What a Function's forward hands to its backward.
 
     ``needs_input_grad[i]`` says whether positional input ``i`` wants a
-    gradient (so backward can skip work); ``save_for_backward`` stores arrays;
+    gradient (so backward can skip work); all False when no graph is recorded
+    (``no_grad``), so forward can skip keeping what only backward needs;
+    ``save_for_backward`` stores arrays;
     any other attribute (``ctx.stride = ...``) may be set freely.
     """
 
@@ -89,11 +91,11 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **options):
         """Run forward on ``inputs`` and record the node if a gradient is needed."""
-        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in inputs)
+        needs = tuple(_grad_enabled and isinstance(a, Tensor) and a.requires_grad for a in inputs)
         ctx = Context(needs)
         raw = [a.data if isinstance(a, Tensor) else a for a in inputs]
         out = Tensor(cls.forward(ctx, *raw, **options))
-        if _grad_enabled and any(needs):
+        if any(needs):
             out.requires_grad = True
             out._fn, out._ctx = cls, ctx
             out._parents = tuple(a if isinstance(a, Tensor) else None for a in inputs)

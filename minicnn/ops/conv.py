@@ -76,11 +76,12 @@ class _Plan:
     """How a convolution splits into chunks of images, and the per-chunk pieces.
 
     Per chunk (see ``minicnn.kernels.conv`` for the layouts): the NHWC copy ``xh``
-    (nb, H, W, C), the pixel-major ``rows`` (nb·L, K) and a GEMM output (nb·L, O)."""
+    (nb, H, W, C), the pixel-major ``rows`` (nb·L, K) and a GEMM output (nb·L, O).
+    ``x_shape`` is the input's (N, C, H, W); ``w`` the weight, in the conv's dtype."""
 
-    def __init__(self, x, w, geometry):
+    def __init__(self, x_shape, w, geometry):
         (sh, sw), (pt, pl), (dh, dw), self.groups, (Ho, Wo) = geometry
-        self.N, self.C, self.H, self.W = x.shape
+        self.N, self.C, self.H, self.W = x_shape
         self.O, self.L = w.shape[0], Ho * Wo
         self.K = self.C * w.shape[2] * w.shape[3]
         self.pointwise = w.shape[2:] == (1, 1) and geometry[:2] == ((1, 1), (0, 0)) and self.groups == 1
@@ -90,12 +91,13 @@ class _Plan:
                          and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS)
         self.im2col = (not (self.pointwise or self.winograd) and self.groups == 1
                        and self.K <= IM2COL_MAX_K)
+        self.via_nhwc = not (self.im2col or self.depthwise)     # im2row, 1x1 and Winograd
         self.tiles = (-(-Ho // 2), -(-Wo // 2))
         per_image = 16 * self.tiles[0] * self.tiles[1] * self.C if self.winograd else self.K * self.L
-        self.nb = _chunk_images(self.N, per_image * x.itemsize)
+        self.nb = _chunk_images(self.N, per_image * w.itemsize)
         self.n_chunks = -(-self.N // self.nb)
         self.kernel_args = (self.groups, w.shape[2], w.shape[3], sh, sw, pt, pl, dh, dw, Ho, Wo)
-        self.dtype = x.dtype
+        self.dtype = w.dtype
 
     def images(self, k):
         return slice(k * self.nb, min((k + 1) * self.nb, self.N))
@@ -110,28 +112,26 @@ class _Plan:
         K.im2col(x_c, *self.kernel_args[1:], cols)
         return cols
 
-    def nhwc(self, x_c):
-        """The chunk as NHWC in the worker's ``xh`` buffer."""
-        xh = self.buffer("xh", x_c.shape[0], self.H, self.W, self.C)
+    def nhwc(self, x_c, out=None):
+        """The chunk as NHWC (nb, H, W, C), in ``out`` or else the worker's ``xh`` buffer."""
+        xh = self.buffer("xh", x_c.shape[0], self.H, self.W, self.C) if out is None else out
         K.transpose(x_c.reshape(x_c.shape[0], self.C, -1), _NO_BIAS[self.dtype], xh.reshape(x_c.shape[0], -1, self.C))
         return xh
 
-    def rows(self, x_c):
-        """The chunk's pixel-major rows (nb·L, K); for a 1x1 conv, its NHWC copy."""
-        xh = self.nhwc(x_c)
+    def rows(self, xh):
+        """The pixel-major rows (nb·L, K) of an NHWC chunk; for a 1x1 conv, the chunk itself."""
         if self.pointwise:
             return xh.reshape(-1, self.K)
-        rows = self.buffer("rows", x_c.shape[0] * self.L, self.K)
+        rows = self.buffer("rows", xh.shape[0] * self.L, self.K)
         K.im2row(xh, *self.kernel_args, rows)
         return rows
 
-    def winograd_input(self, x_c):
-        """The chunk's transformed input tiles (16, tiles, C) in the worker's ``rows`` buffer."""
-        n = x_c.shape[0]
+    def winograd_input(self, xh):
+        """The transformed input tiles (16, tiles, C) of an NHWC chunk, in the worker's ``rows`` buffer."""
+        n = xh.shape[0]
         v = self.buffer("rows", 16, n * self.tiles[0] * self.tiles[1], self.C)
         in_taps, in_signs = _WINOGRAD[self.dtype][:2]
-        K.winograd_input(self.nhwc(x_c), self.taps[2], self.taps[3], *self.tiles, in_taps, in_signs,
-                         self.padded_tiles(n), v)
+        K.winograd_input(xh, self.taps[2], self.taps[3], *self.tiles, in_taps, in_signs, self.padded_tiles(n), v)
         return v
 
     def padded_tiles(self, n):
@@ -197,10 +197,13 @@ class Conv2d(Function):
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups, out_hw):
         x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
-        ctx.save_for_backward(x, w)
         ctx.geometry = stride, padding, dilation, groups, out_hw
-        ctx.has_bias = b is not None
-        plan = _Plan(x, w, ctx.geometry)
+        ctx.has_bias, ctx.x_shape = b is not None, x.shape
+        plan = _Plan(x.shape, w, ctx.geometry)
+        # The backward pass needs the input for dW only.  The NHWC routes keep the
+        # NHWC copy they make anyway, so the backward pass need not transpose x again.
+        keep = np.empty((plan.N, plan.H, plan.W, plan.C), x.dtype) if plan.via_nhwc and ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(x if not plan.via_nhwc else keep, w)
         N, O, L = plan.N, plan.O, plan.L
         y = np.empty((N, O) + out_hw, x.dtype)
         y3 = y.reshape(N, O, L)
@@ -219,8 +222,9 @@ class Conv2d(Function):
                 if b is not None:
                     y3[part] += bias[:, None]
                 return
+            xh = plan.nhwc(x[part], None if keep is None else keep[part])
             if plan.winograd:
-                v = plan.winograd_input(x[part])
+                v = plan.winograd_input(xh)
                 m = plan.buffer("yt", 16, v.shape[1], O)
                 np.matmul(v, u, out=m)
                 n = x[part].shape[0]
@@ -228,7 +232,7 @@ class Conv2d(Function):
                 K.winograd_output(m, *plan.tiles, *_WINOGRAD[x.dtype][2:], yh.reshape(n, *out_hw, O))
                 K.transpose(yh, bias, y3[part])
                 return
-            rows = plan.rows(x[part])
+            rows = plan.rows(xh)
             yt = plan.buffer("yt", rows.shape[0], O)
             np.matmul(plan.grouped(rows), wr_t, out=plan.grouped(yt))
             K.transpose(yt.reshape(-1, L, O), bias, y3[part])
@@ -238,24 +242,24 @@ class Conv2d(Function):
 
     @staticmethod
     def backward(ctx, gy):
-        x, w = ctx.saved
+        x, w = ctx.saved          # x: the input (NCHW), its NHWC copy or None (see forward)
         groups = ctx.geometry[3]
         need_x, need_w = ctx.needs_input_grad[:2]
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
-        plan = _Plan(x, w, ctx.geometry)
+        plan = _Plan(ctx.x_shape, w, ctx.geometry)
         N, O, L = plan.N, plan.O, plan.L
         gy = np.ascontiguousarray(gy)
         gy3 = gy.reshape(N, O, L)
         if not (need_x or need_w):
-            return None, None, gy3.sum(axis=(0, 2), dtype=np.float64).astype(x.dtype) if need_b else None
-        gx = np.empty_like(x) if need_x else None
+            return None, None, gy3.sum(axis=(0, 2), dtype=np.float64).astype(w.dtype) if need_b else None
+        gx = np.empty(ctx.x_shape, w.dtype) if need_x else None
         wr = _rows_weight(w, groups)
         # One slot per chunk, summed in chunk order: the same bits whichever worker ran it.
         u = _winograd_weight(w) if plan.winograd else None
         w2 = w.reshape(O, -1)
         slot = ((O,) + w.shape[2:] if plan.depthwise else (16, plan.C, O) if plan.winograd
                 else w2.shape if plan.im2col else wr.transpose(0, 2, 1).shape)
-        gw_parts = np.empty((plan.n_chunks,) + slot, x.dtype) if need_w else None
+        gw_parts = np.empty((plan.n_chunks,) + slot, w.dtype) if need_w else None
         gb_parts = np.empty((plan.n_chunks, O), np.float64) if need_b else None
 
         def chunk(k):
@@ -265,8 +269,8 @@ class Conv2d(Function):
                 gy3[part].sum(axis=(0, 2), dtype=np.float64, out=gb_parts[k])
             if plan.depthwise:
                 K.depthwise_backward(x[part], w.reshape(O, *w.shape[2:]), gy[part], *plan.taps,
-                                     gx[part] if need_x else _EMPTY[x.dtype][4],
-                                     gw_parts[k] if need_w else _EMPTY[x.dtype][3])
+                                     gx[part] if need_x else _EMPTY[w.dtype][4],
+                                     gw_parts[k] if need_w else _EMPTY[w.dtype][3])
                 return
             if plan.im2col:
                 if need_w:
@@ -280,21 +284,21 @@ class Conv2d(Function):
                 return
             if plan.winograd:
                 gh = plan.buffer("gh", n, L, O)
-                K.transpose(gy3[part], _NO_BIAS[x.dtype], gh)
+                K.transpose(gy3[part], _NO_BIAS[w.dtype], gh)
                 dm = plan.buffer("yt", 16, n * plan.tiles[0] * plan.tiles[1], O)
-                K.winograd_output_grad(gh.reshape(n, *ctx.geometry[4], O), *plan.tiles, *_WINOGRAD[x.dtype][2:], dm)
+                K.winograd_output_grad(gh.reshape(n, *ctx.geometry[4], O), *plan.tiles, *_WINOGRAD[w.dtype][2:], dm)
                 if need_w:
                     np.matmul(plan.winograd_input(x[part]).transpose(0, 2, 1), dm, out=gw_parts[k])
                 if need_x:
                     dv = plan.buffer("rows", 16, dm.shape[1], plan.C)
                     np.matmul(dm, u.transpose(0, 2, 1), out=dv)
                     dxh = plan.buffer("xh", n, plan.H, plan.W, plan.C)
-                    K.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *_WINOGRAD[x.dtype][:2],
+                    K.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *_WINOGRAD[w.dtype][:2],
                                           plan.padded_tiles(n), dxh)
-                    K.transpose(dxh.reshape(n, -1, plan.C), _NO_BIAS[x.dtype], gx[part].reshape(n, plan.C, -1))
+                    K.transpose(dxh.reshape(n, -1, plan.C), _NO_BIAS[w.dtype], gx[part].reshape(n, plan.C, -1))
                 return
             gt = plan.buffer("yt", n * L, O)
-            K.transpose(gy3[part], _NO_BIAS[x.dtype], gt.reshape(n, L, O))
+            K.transpose(gy3[part], _NO_BIAS[w.dtype], gt.reshape(n, L, O))
             gt_g = plan.grouped(gt)
             if need_w:                   # as dWrᵀ: the faster GEMM orientation here
                 np.matmul(plan.grouped(plan.rows(x[part])).transpose(0, 2, 1), gt_g, out=gw_parts[k])
@@ -306,7 +310,7 @@ class Conv2d(Function):
                     d_rows = plan.buffer("rows", n * L, plan.K)
                     np.matmul(gt_g, wr, out=plan.grouped(d_rows))
                     K.row2im(d_rows, *plan.kernel_args, xh)
-                K.transpose(xh.reshape(n, -1, plan.C), _NO_BIAS[x.dtype], gx[part].reshape(n, plan.C, -1))
+                K.transpose(xh.reshape(n, -1, plan.C), _NO_BIAS[w.dtype], gx[part].reshape(n, plan.C, -1))
 
         parallel_for(plan.n_chunks, chunk)
         gw = None
@@ -318,7 +322,7 @@ class Conv2d(Function):
             Cg, kh, kw = w.shape[1:]
             gw = gw_parts.sum(axis=0).reshape(groups, kh, kw, Cg, O // groups)
             gw = np.ascontiguousarray(gw.transpose(0, 4, 3, 1, 2)).reshape(w.shape)
-        gb = gb_parts.sum(axis=0).astype(x.dtype) if need_b else None
+        gb = gb_parts.sum(axis=0).astype(w.dtype) if need_b else None
         return gx, gw, gb
 
 
