@@ -1,4 +1,5 @@
 """Module registration and traversal, state dicts, freezing, hooks, containers, Linear and init."""
+import importlib
 import math
 
 import numpy as np
@@ -275,6 +276,10 @@ def test_linear_vs_torch(against_torch, torch, rng):
     x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4)), rng.standard_normal(5)
     against_torch(ops.linear, torch.nn.functional.linear, x, w, b)
     against_torch(ops.linear, torch.nn.functional.linear, x[0], w)
+    # large enough for the backward GEMMs to run side by side on the worker threads
+    x, w, b = rng.standard_normal((2, 50, 130)), rng.standard_normal((90, 130)), rng.standard_normal(90)
+    assert 100 * w.size >= importlib.import_module("minicnn.ops.linear").MIN_PARALLEL
+    against_torch(ops.linear, torch.nn.functional.linear, x, w, b)
 
 
 def test_linear_module_shapes_dtype_and_mismatch_error():
