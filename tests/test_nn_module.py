@@ -244,6 +244,34 @@ def test_sequential_indexing_len_append_and_iteration(rng):
     assert list(seq.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)])
+def test_sequential_runs_relu_after_max_pool_with_the_same_results(pool):
+    """Sequential runs ReLU -> MaxPool2d as MaxPool2d -> ReLU: the same values and
+    gradients, bit for bit, with ties, zeros, all-negative windows and NaNs; a forward
+    hook on either layer keeps the written order (the hook sees the ReLU's output)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-3, 3, (2, 3, 7, 8)).astype(np.float64)
+    x[0, 0, :3, :3] = -1.0                                   # windows with no positive value
+    x[1, 2, 4, 4] = np.nan
+    gy = None
+    results = []
+    for run in ("sequential", "in order", "hooked"):
+        t = tensor(x, requires_grad=True)
+        relu = nn.ReLU()
+        seq = nn.Sequential(relu, pool)
+        if run == "hooked":
+            seen = []
+            relu.register_forward_hook(lambda m, i, out: seen.append(out.data.shape))
+        y = pool(relu(t)) if run == "in order" else seq(t)
+        gy = rng.standard_normal(y.shape) if gy is None else gy
+        y.backward(gy)
+        results.append((y.data, t.grad))
+    assert seen == [x.shape]
+    for y, g in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(g, results[0][1])
+
+
 def test_module_list_registers_its_modules():
     layers = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 3)])
     layers.append(nn.Linear(3, 1))
