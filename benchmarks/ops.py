@@ -17,7 +17,7 @@ Method (the machine is shared and noisy, see DESIGN.md):
 A network's total weights each layer by how often it occurs in the network.
 
 Also measured, in fresh processes: the first forward+backward through every conv
-route (im2row, Winograd, depthwise) and pool kernel in float32, with a warm Numba
+route (im2col, im2row, Winograd, depthwise), pool kernel and ReLU in float32, with a warm Numba
 cache (what every later run pays) and with an empty one (compilation).
 
 Writes ``ops.json`` and ``ops.md`` to ``--out`` (``ops_t1_cpu.*`` and the like for
@@ -128,11 +128,13 @@ import numpy as np, minicnn
 from minicnn import ops
 t1 = time.perf_counter()
 x = minicnn.tensor(np.ones((2, 3, 8, 8), np.float32), requires_grad=True)
-w = minicnn.tensor(np.ones((32, 3, 3, 3), np.float32), requires_grad=True)
-y = ops.conv2d(x, w, None, 1, 1)                                                  # im2row
-y = ops.conv2d(y, minicnn.tensor(np.ones((32, 32, 3, 3), np.float32), requires_grad=True), None, 1, 1)  # Winograd
-y = ops.conv2d(y, minicnn.tensor(np.ones((32, 1, 3, 3), np.float32), requires_grad=True), None, 1, 1, 1, 32)  # depthwise
-y = ops.max_pool2d(y, 2) + ops.avg_pool2d(y, 2) + ops.adaptive_avg_pool2d(y, 4)
+def weight(*shape):
+    return minicnn.tensor(np.ones(shape, np.float32), requires_grad=True)
+y = ops.conv2d(x, weight(32, 3, 3, 3), None, 1, 1)                          # im2col (thin: K = 27)
+y = ops.conv2d(y, weight(64, 32, 3, 3), None, 1, 1)                         # im2row
+y = ops.conv2d(y, weight(64, 64, 3, 3), None, 1, 1)                         # Winograd
+y = ops.relu(ops.conv2d(y, weight(64, 1, 3, 3), None, 1, 1, 1, 64))         # depthwise
+y = ops.max_pool2d(y, 2) + ops.max_pool2d(y, 3, 2, 1) + ops.avg_pool2d(y, 2) + ops.adaptive_avg_pool2d(y, 4)
 (y.sum() + ops.adaptive_avg_pool2d(y, 1).sum()).backward()
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t1)
