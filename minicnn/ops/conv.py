@@ -16,7 +16,8 @@ output pixel, ``rows (nb·Ho·Wo, C·kh·kw)``, and one GEMM per group does the 
 
 Chunks keep the row matrix in cache and bound its memory, and are spread over
 the worker threads (``minicnn._runtime.parallel_for``); the backward pass
-recomputes the rows from x instead of keeping them alive between the passes.  A
+recomputes the rows from the NHWC copy of x that the forward pass keeps, instead
+of keeping the 9x larger rows alive between the passes.  A
 1x1 convolution with stride 1 and no padding needs no im2row: its rows are the
 NHWC image itself.  Thin layers (few taps per window, e.g. an RGB input layer) use
 the classic channel-major im2col instead, ``cols (nb, K, L)`` per chunk, whose GEMMs
@@ -24,7 +25,8 @@ read and write NCHW in place (``kernels.conv.im2col``):
 
     forward   y_n = Wr · cols_n,   backward  dW = Σ_n dy_n · cols_nᵀ,  dcols_n = Wrᵀ · dy_n,  dx = col2im(dcols)
 
-With one input channel per group (depthwise) the GEMMs would be too thin for BLAS, so ``kernels.conv.depthwise`` loops over the taps.
+With one input channel per group (depthwise) the GEMMs would be too thin for
+BLAS, so ``kernels.conv.depthwise`` loops over the taps.
 Wide 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead of im2row
 (``kernels.conv.winograd_*``): 16 GEMMs per chunk on transformed 4x4 tiles,
 
@@ -202,8 +204,10 @@ class Conv2d(Function):
         plan = _Plan(x.shape, w, ctx.geometry)
         # The backward pass needs the input for dW only.  The NHWC routes keep the
         # NHWC copy they make anyway, so the backward pass need not transpose x again.
-        keep = np.empty((plan.N, plan.H, plan.W, plan.C), x.dtype) if plan.via_nhwc and ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(x if not plan.via_nhwc else keep, w)
+        keep = None
+        if plan.via_nhwc and ctx.needs_input_grad[1]:
+            keep = np.empty((plan.N, plan.H, plan.W, plan.C), x.dtype)
+        ctx.save_for_backward(keep if plan.via_nhwc else x, w)
         N, O, L = plan.N, plan.O, plan.L
         y = np.empty((N, O) + out_hw, x.dtype)
         y3 = y.reshape(N, O, L)
