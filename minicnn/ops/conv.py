@@ -36,6 +36,8 @@ Wide 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead of im2row
 with 2.25x fewer multiplications; exact in exact arithmetic, with rounding
 errors of the same order as the direct method's in float32 and float64.
 """
+import math
+
 import numpy as np
 
 from .._runtime import parallel_for, scratch
@@ -106,7 +108,7 @@ class _Plan:
 
     def buffer(self, name, n_images, *shape):
         """A worker's scratch array (n_images, *shape), in the conv's dtype."""
-        return scratch(name, n_images * int(np.prod(shape)), self.dtype).reshape(n_images, *shape)
+        return scratch(name, n_images * math.prod(shape), self.dtype).reshape(n_images, *shape)
 
     def cols(self, x_c):
         """The chunk's channel-major columns (nb, K, L) in the worker's ``rows`` buffer."""
