@@ -288,12 +288,14 @@ def main(argv=None):
 
 
 def _revision():
-    """The checkout's commit (with '+changes' if the tree differs from it), or 'unknown'."""
+    """The checkout's commit (with '+changes' if the tree differs from it outside the
+    benchmark results, which a previous run may have rewritten), or 'unknown'."""
     def git(*a):
         return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True).stdout.strip()
     try:
         head = git("rev-parse", "--short", "HEAD")
-        return (head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")) or "unknown"
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+        return (head + ("+changes" if changed else "")) or "unknown"
     except OSError:
         return "unknown"
 
