@@ -163,9 +163,18 @@ def test_global_average_is_the_mean():
     t = tensor(x, requires_grad=True)
     y = nn.GlobalAvgPool2d()(t)
     assert y.shape == (4, 5, 1, 1) and y.dtype == np.float32
-    np.testing.assert_allclose(y.data[..., 0, 0], x.mean(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(y.data[..., 0, 0], x.astype(np.float64).mean(axis=(2, 3)), rtol=1e-6)
     y.sum().backward()
     np.testing.assert_allclose(t.grad, np.full(x.shape, 1 / 42, np.float32))
+
+
+def test_global_average_sums_float32_in_float64():
+    # 4096 values near 1000: a float32 running sum drifts by ~1e-2 in the mean, while the
+    # float64 sum gives the float32 mean correctly rounded (within one spacing).
+    x = (1000 + np.random.default_rng(3).standard_normal((2, 3, 64, 64))).astype(np.float32)
+    y = ops.adaptive_avg_pool2d(tensor(x), 1).data[..., 0, 0]
+    exact = x.astype(np.float64).mean(axis=(2, 3))
+    assert np.all(np.abs(y - exact) <= np.spacing(np.float32(1000)))
 
 
 def test_modules():

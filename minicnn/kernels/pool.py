@@ -115,8 +115,31 @@ def _avg_pool_backward(gy, hlo, hhi, wlo, whi, hdiv, wdiv, gx):
                         gx[p_, _u(h), _u(w)] += g
 
 
+def _plane_means(x, y):
+    """y[p] = Σ x[p] / L, summed in float64 (whatever x's dtype); x (P, L), y (P,).
+
+    The global average pool's forward; ``reassoc`` (below) lets LLVM vectorize the sum."""
+    P, L = x.shape
+    for p in range(P):
+        s = 0.0
+        for i in range(L):
+            s += x[_u(p), _u(i)]
+        y[_u(p)] = s / L
+
+
+def _fill_planes(gy, gx):
+    """gx[p, :] = gy[p] / L: the global average pool's backward; gy (P,), gx (P, L)."""
+    P, L = gx.shape
+    for p in range(P):
+        g = gy[_u(p)] / L
+        for i in range(L):
+            gx[_u(p), _u(i)] = g
+
+
 max_pool = njit(cache=True, nogil=True)(_max_pool)
 max_pool_2x2 = njit(cache=True, nogil=True)(_max_pool_2x2)
 max_pool_backward = njit(cache=True, nogil=True)(_max_pool_backward)
 avg_pool = njit(cache=True, nogil=True)(_avg_pool)
 avg_pool_backward = njit(cache=True, nogil=True)(_avg_pool_backward)
+plane_means = njit(cache=True, nogil=True, fastmath={"reassoc"})(_plane_means)
+fill_planes = njit(cache=True, nogil=True)(_fill_planes)

@@ -24,6 +24,10 @@ from ..kernels import pool as K
 from ..tensor import Function
 from .conv import as_pair, check_float_input
 
+# Elements per worker task at least, for the global pool's light passes: one pass over
+# 2^19 float32 takes ~50 µs, about what handing tasks to the worker threads costs.
+_MIN_POOL_ELEMENTS = 1 << 19
+
 
 def _halving(lo, hi):
     """True if the windows along an axis are [2·o, 2·o + 2): 2x2 stride-2 pooling's."""
@@ -79,18 +83,24 @@ class AvgPool2d(Function):
 
 
 class GlobalAvgPool2d(Function):
-    """y[n, c] = mean of x[n, c] over H·W, kept as (N, C, 1, 1); dx = dy / (H·W) everywhere."""
+    """y[n, c] = mean of x[n, c] over H·W (summed in float64), kept as (N, C, 1, 1);
+    dx = dy / (H·W) everywhere.  Numba passes over slices of planes on the worker threads."""
 
     @staticmethod
     def forward(ctx, x):
-        ctx.x_shape = x.shape
-        N, C = x.shape[:2]
-        return x.reshape(N, C, -1).mean(axis=2).reshape(N, C, 1, 1)
+        ctx.x_shape = N, C, H, W = x.shape
+        planes = np.ascontiguousarray(x).reshape(N * C, H * W)
+        y = np.empty(N * C, x.dtype)
+        parallel_slices(N * C, lambda s: K.plane_means(planes[s], y[s]), max(1, _MIN_POOL_ELEMENTS // (H * W)))
+        return y.reshape(N, C, 1, 1)
 
     @staticmethod
     def backward(ctx, gy):
-        H, W = ctx.x_shape[2:]
-        return np.broadcast_to(gy / (H * W), ctx.x_shape).copy()
+        N, C, H, W = ctx.x_shape
+        gx = np.empty((N * C, H * W), gy.dtype)
+        g = np.ascontiguousarray(gy).reshape(N * C)
+        parallel_slices(N * C, lambda s: K.fill_planes(g[s], gx[s]), max(1, _MIN_POOL_ELEMENTS // (H * W)))
+        return gx.reshape(ctx.x_shape)
 
 
 def _axis_windows(size, k, s, p, ceil_mode):
