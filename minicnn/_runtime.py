@@ -94,13 +94,14 @@ MALLOC_TUNED = _keep_freed_memory()
 
 
 def num_threads():
-    """Worker threads for :func:`parallel_for`: ``MINICNN_NUM_THREADS``, else the usable
-    CPUs, or 1 if BLAS could not be made single-threaded (see :func:`_serial_blas`)."""
+    """Worker threads for :func:`parallel_for`: 1 if BLAS could not be made single-threaded
+    (see :func:`_serial_blas`), else ``MINICNN_NUM_THREADS``, else the usable CPUs.  BLAS is
+    made single-threaded whatever the count, so that a GEMM always runs on its worker."""
+    if not _serial_blas():
+        return 1
     env = os.environ.get("MINICNN_NUM_THREADS")
     if env:
         return max(1, int(env))
-    if not _serial_blas():
-        return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

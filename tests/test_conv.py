@@ -255,16 +255,20 @@ def test_parallel_for_runs_each_task_once_and_raises(monkeypatch):
         _runtime.parallel_for(9, fail)
 
 
-def test_blas_made_single_threaded_when_numpy_came_first():
+@pytest.mark.parametrize("workers_env", [None, "2"])
+def test_blas_made_single_threaded_when_numpy_came_first(workers_env):
     """``import numpy; import minicnn``: the conv workers still get a single-threaded BLAS
-    (or, where its thread count cannot be set, run as one worker)."""
+    (or, where its thread count cannot be set, run as one worker), also when
+    MINICNN_NUM_THREADS sets the worker count."""
     code = ("import numpy, minicnn\nfrom minicnn import _runtime\n"
             "assert _runtime._NUMPY_FIRST\n"
-            "print(_runtime._serial_blas(), _runtime.num_threads())")
+            "workers = _runtime.num_threads()\n"
+            "print(_runtime._blas_checked, workers)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MINICNN_NUM_THREADS")}
+    if workers_env is not None:
+        env["MINICNN_NUM_THREADS"] = workers_env
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         env={k: v for k, v in os.environ.items()
-                              if k not in ("OPENBLAS_NUM_THREADS", "MINICNN_NUM_THREADS")}).stdout.split()
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env).stdout.split()
     serial, workers = out[0] == "True", int(out[1])
     assert serial or workers == 1
 
