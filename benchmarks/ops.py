@@ -16,6 +16,13 @@ Method (the machine is shared and noisy, see DESIGN.md):
   same round: > 1 means minicnn is faster.
 A network's total weights each layer by how often it occurs in the network.
 
+A third process per round, "gemm", runs minicnn with every conv kernel but the
+GEMMs switched off (im2row/im2col, row2im/col2im, the layout moves and the Winograd
+transforms do nothing; the scratch buffers are zeros): the same GEMMs, chunks and
+worker threads as the real engine, and nothing else but the bias add and sum.  Its
+time is the floor of minicnn's im2row + OpenBLAS design on this machine: the speed
+ratio against torch can go no higher than torch ms / gemm ms.
+
 Also measured, in fresh processes: the first forward+backward through every conv
 route (im2col, im2row, Winograd, depthwise), pool kernel and ReLU in float32, with a warm Numba
 cache (what every later run pays) and with an empty one (compilation).
@@ -50,6 +57,7 @@ LAYERS = [
     ("conv 64->64", "resnet20", 5, "conv", (128, 64, 8, 8, 64, 3, 1, 1, False, False)),
     ("global avgpool", "resnet20", 1, "pool", (128, 64, 8, 8, "gap", 8)),
 ]
+FRAMEWORKS = ("minicnn", "torch", "gemm")
 NETWORKS = {"fashion": "Fashion-MNIST CNN, batch 64", "resnet20": "ResNet-20, batch 128"}
 
 
@@ -77,6 +85,26 @@ def _framework(name):
     from minicnn import ops
     return (lambda a, g: minicnn.tensor(a, requires_grad=g), ops.conv2d, ops.max_pool2d,
             lambda x: ops.adaptive_avg_pool2d(x, 1), minicnn.no_grad)
+
+
+def _gemms_only():
+    """Switch off every conv kernel but the GEMMs (see the module docstring)."""
+    import threading
+
+    import numpy as np
+    from minicnn.kernels import conv as kernels
+    from minicnn.ops import conv
+    for name in ("transpose", "im2row", "row2im", "im2col", "col2im", "winograd_input", "winograd_output",
+                 "winograd_output_grad", "winograd_input_grad"):
+        setattr(kernels, name, lambda *args: None)
+    zeros = {}
+
+    def scratch(name, size, dtype):    # zeros, never written by the switched-off kernels: no NaN or denormal
+        key = (name, np.dtype(dtype).str, threading.get_ident())     # per worker, as the real scratch
+        if zeros.get(key) is None or zeros[key].size < size:
+            zeros[key] = np.zeros(size, dtype)
+        return zeros[key][:size]
+    conv.scratch = scratch
 
 
 def _cases(framework, spec, kind, rng):
@@ -107,8 +135,11 @@ def _cases(framework, spec, kind, rng):
 
 
 def worker(framework, reps, threads, clock):
-    """Time every layer in this process; print {layer: [forward ms, forward+backward ms]}."""
+    """Time every layer in this process; print {layer: [forward ms, forward+backward ms]}
+    (for "gemm", the conv layers only)."""
     fw = _framework(framework)   # first: minicnn sets the thread-pool defaults before numpy starts
+    if framework == "gemm":
+        _gemms_only()
     if framework == "torch":
         import torch
         torch.set_num_threads(threads)
@@ -116,6 +147,8 @@ def worker(framework, reps, threads, clock):
     rng = np.random.default_rng(0)
     result = {}
     for name, _, _, kind, spec in LAYERS:
+        if framework == "gemm" and kind != "conv":
+            continue
         fwd, fwd_bwd = _cases(fw, spec, kind, rng)
         result[name] = [_median_ms(fwd, reps, clock), _median_ms(fwd_bwd, reps, clock)]
     print(json.dumps(result))
@@ -155,8 +188,14 @@ def run_worker(framework, args):
                                   "--threads", str(args.threads), "--clock", args.clock], thread_env(args.threads)))
 
 
+def _floor_ms(r, name, i):
+    """The GEMM-only time of a conv layer in round ``r``, or minicnn's own time of a pool."""
+    return r["gemm"][name][i] if name in r["gemm"] else r["minicnn"][name][i]
+
+
 def summarize(rounds):
-    """Per layer and network: median ms of each framework and median paired speed ratio."""
+    """Per layer and network: median ms of each framework, median paired speed ratio, and the
+    ratio's ceiling (torch / GEMMs only, see the module docstring)."""
     rows = {}
     for name, net, count, kind, spec in LAYERS:
         row = {"network": net, "count": count, "kind": kind}
@@ -166,6 +205,9 @@ def summarize(rounds):
             row[mode] = {"minicnn_ms": statistics.median(mine), "torch_ms": statistics.median(theirs),
                          "ratio": statistics.median(t / m for t, m in zip(theirs, mine))}
             if kind == "conv":
+                floor = [r["gemm"][name][i] for r in rounds]
+                row[mode]["gemm_only_ms"] = statistics.median(floor)
+                row[mode]["ratio_ceiling"] = statistics.median(t / f for t, f in zip(theirs, floor))
                 flop = conv_gflop(spec) * (1 if i == 0 else (2 if spec[-1] else 3))
                 row[mode]["minicnn_gflops"] = flop / row[mode]["minicnn_ms"] * 1e3
                 row[mode]["torch_gflops"] = flop / row[mode]["torch_ms"] * 1e3
@@ -176,34 +218,52 @@ def summarize(rounds):
         nets[net] = {}
         for i, mode in enumerate(("forward", "forward_backward")):
             per_round = [(sum(c * r["minicnn"][n][i] for n, c in members),
-                          sum(c * r["torch"][n][i] for n, c in members)) for r in rounds]
-            nets[net][mode] = {"minicnn_ms": statistics.median(m for m, _ in per_round),
-                               "torch_ms": statistics.median(t for _, t in per_round),
-                               "ratio": statistics.median(t / m for m, t in per_round)}
+                          sum(c * r["torch"][n][i] for n, c in members),
+                          sum(c * _floor_ms(r, n, i) for n, c in members)) for r in rounds]
+            nets[net][mode] = {"minicnn_ms": statistics.median(m for m, _, _ in per_round),
+                               "torch_ms": statistics.median(t for _, t, _ in per_round),
+                               "gemm_only_ms": statistics.median(f for _, _, f in per_round),
+                               "ratio": statistics.median(t / m for m, t, _ in per_round),
+                               "ratio_ceiling": statistics.median(t / f for _, t, f in per_round)}
     return rows, nets
+
+
+def _floor_cells(r, fmt):
+    """The GEMMs-only and ratio-ceiling cells of a table row ("-" for pools)."""
+    if "gemm_only_ms" not in r["forward"]:
+        return ["-", "-"]
+    fwd, both = r["forward"], r["forward_backward"]
+    return [f"{fmt.format(fwd['gemm_only_ms'])} / {fmt.format(both['gemm_only_ms'])}",
+            f"{fwd['ratio_ceiling']:.2f}x / {both['ratio_ceiling']:.2f}x"]
 
 
 def markdown(rows, nets, start, setup):
     lines = [f"{setup}\n",
              "| network | layer | x | fwd ms minicnn / torch | fwd GFLOP/s | fwd speed ratio "
-             "| fwd+bwd ms minicnn / torch | fwd+bwd GFLOP/s | fwd+bwd speed ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| fwd+bwd ms minicnn / torch | fwd+bwd GFLOP/s | fwd+bwd speed ratio "
+             "| GEMMs only ms fwd / fwd+bwd | ratio ceiling fwd / fwd+bwd |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         cells = []
         for mode in ("forward", "forward_backward"):
             m = r[mode]
             gf = f"{m['minicnn_gflops']:.0f} / {m['torch_gflops']:.0f}" if "minicnn_gflops" in m else "-"
             cells += [f"{m['minicnn_ms']:.2f} / {m['torch_ms']:.2f}", gf, f"{m['ratio']:.2f}x"]
+        cells += _floor_cells(r, "{:.2f}")
         lines.append(f"| {r['network']} | {name} | {r['count']} | " + " | ".join(cells) + " |")
     for net, n in nets.items():
         cells = []
         for mode in ("forward", "forward_backward"):
             m = n[mode]
             cells += [f"{m['minicnn_ms']:.1f} / {m['torch_ms']:.1f}", "", f"**{m['ratio']:.2f}x**"]
+        cells += _floor_cells(n, "{:.1f}")
         lines.append(f"| {net} | **all layers, weighted** | | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Speed ratio = torch time / minicnn time, median over alternating rounds (> 1: minicnn faster). "
-                 "x = occurrences of the layer in the network (weights the totals).")
+                 "x = occurrences of the layer in the network (weights the totals). "
+                 "GEMMs only: minicnn with every conv kernel but its GEMMs switched off (same chunks and "
+                 "threads; a network's pools at their real time); ratio ceiling = torch time / that time, "
+                 "the most this im2row + OpenBLAS design could reach.")
     lines.append(f"First call of the conv/pool kernels in a fresh process: {start['warm_first_call_s']:.2f} s "
                  f"with a warm Numba cache, {start['cold_first_call_s']:.1f} s with an empty one "
                  f"(import minicnn: {start['import_s']:.2f} s).")
@@ -218,7 +278,7 @@ def main():
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: process CPU time, robust to a busy machine but meaningful only with --threads 1")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    ap.add_argument("--worker", choices=["minicnn", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.reps, args.threads,
@@ -231,7 +291,7 @@ def main():
     load_before = os.getloadavg()[0]
     rounds = []
     for i in range(args.rounds):
-        rounds.append({fw: run_worker(fw, args) for fw in ("minicnn", "torch")})
+        rounds.append({fw: run_worker(fw, args) for fw in FRAMEWORKS})
         print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
     rows, nets = summarize(rounds)
     load = (load_before, os.getloadavg()[0])
