@@ -5,6 +5,9 @@
 Layers: the Fashion-MNIST CNN at batch 64 and ResNet-20 (CIFAR) at batch 128.
 For each layer, forward (inference, no graph) and forward+backward (the first
 layer of a network computes no input gradient, as in training) are timed in ms.
+Inputs and output gradients come in the memory layout each framework's layers hand
+each other inside a network: C order for torch, channels-last for minicnn (whose
+convolutions write that layout; the first layer gets the C-ordered images).
 
 Method (the machine is shared and noisy, see DESIGN.md):
 * each framework runs in its own process (two BLAS/OpenMP runtimes in one process
@@ -75,16 +78,24 @@ def _median_ms(fn, reps, clock):
 
 
 def _framework(name):
-    """(tensor(array, requires_grad), conv2d, max_pool2d, global average pool, no_grad) of a framework."""
+    """(tensor(array, requires_grad), conv2d, max_pool2d, global average pool, no_grad,
+    in_network(array), ones_like(output)) of a framework.  ``in_network`` gives an input
+    the memory layout that the framework's previous layer hands it inside a network
+    (minicnn: channels-last, see minicnn/ops/_util.py; torch: C order), ``ones_like``
+    an output gradient in the layout of the output, as the next layer's backward would."""
     if name == "torch":
         import torch
         F = torch.nn.functional
         return (lambda a, g: torch.tensor(a, requires_grad=g), F.conv2d, F.max_pool2d,
-                lambda x: F.adaptive_avg_pool2d(x, 1), torch.no_grad)
+                lambda x: F.adaptive_avg_pool2d(x, 1), torch.no_grad, lambda a: a, torch.ones_like)
+    import numpy as np
+
     import minicnn
     from minicnn import ops
     return (lambda a, g: minicnn.tensor(a, requires_grad=g), ops.conv2d, ops.max_pool2d,
-            lambda x: ops.adaptive_avg_pool2d(x, 1), minicnn.no_grad)
+            lambda x: ops.adaptive_avg_pool2d(x, 1), minicnn.no_grad,
+            lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+            lambda y: minicnn.tensor(np.ones_like(y.data)))
 
 
 def _gemms_only():
@@ -108,21 +119,23 @@ def _gemms_only():
 
 
 def _cases(framework, spec, kind, rng):
-    """(forward, forward+backward) closures for one layer; float32 inputs as in training."""
+    """(forward, forward+backward) closures for one layer; float32 inputs as in training,
+    in the layout the layer gets inside the network (the first layer: C order)."""
     import numpy as np
-    tensor, conv2d, max_pool2d, global_pool, no_grad = framework
+    tensor, conv2d, max_pool2d, global_pool, no_grad, in_network, ones_like = framework
     if kind == "conv":
         N, C, H, W, O, k, s, p, bias, first = spec
-        x = tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), not first)
+        x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+        x = tensor(x if first else in_network(x), not first)
         w = tensor(rng.standard_normal((O, C, k, k), dtype=np.float32) * 0.1, True)
         b = tensor(np.zeros(O, np.float32), True) if bias else None
         layer = lambda: conv2d(x, w, b, s, p)  # noqa: E731
     else:
         N, C, H, W, pk, k = spec
-        x = tensor(rng.standard_normal((N, C, H, W), dtype=np.float32), True)
+        x = tensor(in_network(rng.standard_normal((N, C, H, W), dtype=np.float32)), True)
         layer = (lambda: max_pool2d(x, k)) if pk == "max" else (lambda: global_pool(x))
     with no_grad():
-        gy = tensor(np.ones(layer().shape, np.float32), False)
+        gy = ones_like(layer())
 
     def forward():
         with no_grad():

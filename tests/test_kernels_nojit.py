@@ -1,4 +1,4 @@
-"""The conv and pool kernels run as plain Python (NUMBA_DISABLE_JIT=1, in a subprocess)
+"""The conv, pool and channels-last batch-norm kernels run as plain Python (NUMBA_DISABLE_JIT=1, in a subprocess)
 and give the same results as the compiled kernels: the source people read and debug
 is the code that runs."""
 import os
@@ -36,6 +36,10 @@ def run():
     out["pointwise"] = grads(lambda x, w: ops.conv2d(x, w), x, rng.standard_normal((5, 4, 1, 1)))
     out["max"] = grads(lambda x: ops.max_pool2d(x, 3, 2, 1, ceil_mode=True), x)
     out["max2x2"] = grads(lambda x: ops.max_pool2d(x, 2), x)
+    x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)     # channels-last memory
+    out["max2x2_nhwc"] = grads(lambda x: ops.max_pool2d(x, 2), x_cl)
+    out["global_nhwc"] = grads(lambda x: ops.adaptive_avg_pool2d(x, 1), x_cl)
+    out["batch_norm_nhwc"] = grads(lambda x: ops.batch_norm(x, None, None, training=True), x_cl)
     out["avg"] = grads(lambda x: ops.avg_pool2d(x, (3, 2), 2, 1, True, False), x)
     out["adaptive"] = grads(lambda x: ops.adaptive_avg_pool2d(x, (3, 4)), x)
     out["global"] = grads(lambda x: ops.adaptive_avg_pool2d(x, 1), x)

@@ -1,4 +1,4 @@
-"""Numba kernels for the normalization layers, on rows of a contiguous (R, L) matrix.
+"""Numba kernels for the normalization layers, on the rows (or columns) of a contiguous matrix.
 
 Every normalization in minicnn views its input as rows: BatchNorm, InstanceNorm
 and GroupNorm use one row per (sample, channel) (``R = N*C``, ``L = H*W``),
@@ -14,6 +14,12 @@ small arrays that ``minicnn.ops.norm`` combines into per-group statistics.
 ``row_moments`` accumulates ``d = x - x[r, 0]`` and ``d²`` (the shifted-data
 algorithm): one read of the row, and no catastrophic cancellation when the mean
 is large against the spread, because the shift lies within the data.
+
+Batch norm of a channels-last input (``minicnn.ops._util.nhwc``) has its channels
+as the columns of a (P, C) matrix, P = N·H·W, instead:
+
+    col_sums:       s1_c = Σ (u - k_c),  s2_c = Σ (u - k_c)·(x - m_c)   (the moments, or Σg and Σg·(x - mean))
+    normalize_cols / grad_cols: as the row kernels, with per-column coefficients
 
 All kernels are plain Python functions compiled with ``njit`` below, so
 ``NUMBA_DISABLE_JIT=1`` runs them as Python.  ``reassoc`` lets LLVM vectorize the
@@ -78,7 +84,61 @@ def _grad_rows(g, x, mean, alpha, beta, gamma, out):
             out[r, i] = a * np.float64(g[r, i]) + b * (np.float64(x[r, i]) - m) + c
 
 
+# Channels-last batch norm: x as a (P, C) matrix, one column per channel (P = N·H·W).
+# The rows are split into a fixed number of slices (T = the first axis of the partial
+# sums, independent of the thread count, so the bits are too); each slice sums four
+# rows at a time, so that each partial sum is loaded and stored once per four rows.
+
+def _col_sums(u, k, x, m, s1, s2):
+    """Partial column sums of (P, C) matrices per slice t of rows, float64 (T, C):
+
+        s1[t, c] = Σ (u[p, c] - k[c]),   s2[t, c] = Σ (u[p, c] - k[c])·(x[p, c] - m[c])
+
+    the moments with u = x, k = m = a shift (the shifted-data algorithm, as
+    row_moments), the gradient sums Σg and Σg·(x - mean) with u = g, k = 0, m = mean."""
+    P, C = x.shape
+    T = s1.shape[0]
+    for t in prange(T):
+        p0, p1 = t * P // T, (t + 1) * P // T
+        s1[t, :] = 0
+        s2[t, :] = 0
+        p = p0
+        while p + 4 <= p1:
+            for c in range(C):
+                a, b = np.float64(u[p, c]) - k[c], np.float64(u[p + 1, c]) - k[c]
+                d, e = np.float64(u[p + 2, c]) - k[c], np.float64(u[p + 3, c]) - k[c]
+                mc = m[c]
+                s1[t, c] += (a + b) + (d + e)
+                s2[t, c] += ((a * (np.float64(x[p, c]) - mc) + b * (np.float64(x[p + 1, c]) - mc))
+                             + (d * (np.float64(x[p + 2, c]) - mc) + e * (np.float64(x[p + 3, c]) - mc)))
+            p += 4
+        for q in range(p, p1):
+            for c in range(C):
+                a = np.float64(u[q, c]) - k[c]
+                s1[t, c] += a
+                s2[t, c] += a * (np.float64(x[q, c]) - m[c])
+
+
+def _normalize_cols(x, mean, scale, shift, out):
+    """out[p, c] = (x[p, c] - mean[c])·scale[c] + shift[c];  x, out (P, C)."""
+    P, C = x.shape
+    for p in prange(P):
+        for c in range(C):
+            out[p, c] = (np.float64(x[p, c]) - mean[c]) * scale[c] + shift[c]
+
+
+def _grad_cols(g, x, mean, alpha, beta, gamma, out):
+    """out[p, c] = alpha[c]·g[p, c] + beta[c]·(x[p, c] - mean[c]) + gamma[c];  out may be g."""
+    P, C = x.shape
+    for p in prange(P):
+        for c in range(C):
+            out[p, c] = alpha[c] * np.float64(g[p, c]) + beta[c] * (np.float64(x[p, c]) - mean[c]) + gamma[c]
+
+
 row_moments = njit(**_FLAGS)(_row_moments)
 normalize_rows = njit(**_FLAGS)(_normalize_rows)
 row_grad_sums = njit(**_FLAGS)(_row_grad_sums)
 grad_rows = njit(**_FLAGS)(_grad_rows)
+col_sums = njit(**_FLAGS)(_col_sums)
+normalize_cols = njit(**_FLAGS)(_normalize_cols)
+grad_cols = njit(**_FLAGS)(_grad_cols)

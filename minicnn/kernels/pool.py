@@ -67,6 +67,59 @@ def _max_pool_2x2(x, y, argmax):
                 argmax[p_, _u(oh), _u(ow)] = arg
 
 
+def _max_pool_2x2_nhwc(x, y, argmax):
+    """``_max_pool_2x2`` on channels-last memory: x (N, H, W, C); y and argmax (N, Ho, Wo, C),
+    argmax the index h*W + w within the plane, as the NCHW kernels.  The channel loop is
+    innermost, so the selects vectorize across channels."""
+    N, H, W, C = x.shape
+    Ho, Wo = y.shape[1], y.shape[2]
+    for n in range(N):
+        n_ = _u(n)
+        for oh in range(Ho):
+            h = _u(2 * oh)
+            for ow in range(Wo):
+                w = _u(2 * ow)
+                base = 2 * oh * W + 2 * ow
+                for c in range(C):
+                    c_ = _u(c)
+                    best = x[n_, h, w, c_]
+                    arg = base
+                    for k in range(1, 4):
+                        v = x[n_, h + _u(k // 2), w + _u(k % 2), c_]
+                        take = v > best or v != v   # NaN propagates, as in PyTorch
+                        best = v if take else best
+                        arg = base + (k // 2) * W + k % 2 if take else arg
+                    y[n_, _u(oh), _u(ow), c_] = best
+                    argmax[n_, _u(oh), _u(ow), c_] = arg
+
+
+def _max_pool_2x2_nhwc_backward(gy, argmax, gx):
+    """The backward of ``_max_pool_2x2_nhwc``: gx (N, H, W, C) = gy at each window's argmax,
+    0 elsewhere.  The windows do not overlap, so every pixel is written once, with a select."""
+    N, H, W, C = gx.shape
+    Ho, Wo = gy.shape[1], gy.shape[2]
+    for n in range(N):
+        n_ = _u(n)
+        for h in range(2 * Ho, H):           # an odd last row or column lies in no window
+            for w in range(W):
+                for c in range(C):
+                    gx[n_, _u(h), _u(w), _u(c)] = 0
+        for h in range(2 * Ho):
+            for w in range(2 * Wo, W):
+                for c in range(C):
+                    gx[n_, _u(h), _u(w), _u(c)] = 0
+        for oh in range(Ho):
+            for ow in range(Wo):
+                base = 2 * oh * W + 2 * ow
+                for k in range(4):
+                    h, w = _u(2 * oh + k // 2), _u(2 * ow + k % 2)
+                    at = base + (k // 2) * W + k % 2
+                    for c in range(C):
+                        c_ = _u(c)
+                        g = gy[n_, _u(oh), _u(ow), c_]
+                        gx[n_, h, w, c_] = g if argmax[n_, _u(oh), _u(ow), c_] == at else 0
+
+
 def _max_pool_backward(gy, argmax, gx):
     """gx[p, argmax[p, k]] += gy[p, k]; gy, argmax (P, Ho*Wo); gx (P, H*W) overwritten."""
     P, L = gy.shape
@@ -127,6 +180,29 @@ def _plane_means(x, y):
         y[_u(p)] = s / L
 
 
+def _image_means_nhwc(x, y):
+    """y[n, c] = Σ_l x[n, l, c] / L, summed in float64; x (N, L, C), y (N, C): the global
+    average pool of channels-last images.  Four pixels per pass over the channels, so the
+    running sums are loaded and stored once per four pixels."""
+    N, L, C = x.shape
+    acc = np.empty(C)
+    for n in range(N):
+        n_ = _u(n)
+        acc[:] = 0
+        q = 0
+        while q + 4 <= L:
+            for c in range(C):
+                c_ = _u(c)
+                acc[c_] += ((np.float64(x[n_, _u(q), c_]) + np.float64(x[n_, _u(q + 1), c_]))
+                            + (np.float64(x[n_, _u(q + 2), c_]) + np.float64(x[n_, _u(q + 3), c_])))
+            q += 4
+        for r in range(q, L):
+            for c in range(C):
+                acc[_u(c)] += x[n_, _u(r), _u(c)]
+        for c in range(C):
+            y[n_, _u(c)] = acc[_u(c)] / L
+
+
 def _fill_planes(gy, gx):
     """gx[p, :] = gy[p] / L: the global average pool's backward; gy (P,), gx (P, L)."""
     P, L = gx.shape
@@ -139,7 +215,10 @@ def _fill_planes(gy, gx):
 max_pool = njit(cache=True, nogil=True)(_max_pool)
 max_pool_2x2 = njit(cache=True, nogil=True)(_max_pool_2x2)
 max_pool_backward = njit(cache=True, nogil=True)(_max_pool_backward)
+max_pool_2x2_nhwc = njit(cache=True, nogil=True)(_max_pool_2x2_nhwc)
+max_pool_2x2_nhwc_backward = njit(cache=True, nogil=True)(_max_pool_2x2_nhwc_backward)
 avg_pool = njit(cache=True, nogil=True)(_avg_pool)
 avg_pool_backward = njit(cache=True, nogil=True)(_avg_pool_backward)
 plane_means = njit(cache=True, nogil=True, fastmath={"reassoc"})(_plane_means)
 fill_planes = njit(cache=True, nogil=True)(_fill_planes)
+image_means_nhwc = njit(cache=True, nogil=True)(_image_means_nhwc)

@@ -1,5 +1,34 @@
-"""Small helpers shared by the ops: broadcasting reduction and axis normalisation."""
+"""Small helpers shared by the ops: broadcasting reduction, axis normalisation, memory layout."""
 import numpy as np
+
+
+def nhwc(a):
+    """The memory of a channels-last (N, C, H, W) array as a C-contiguous (N, H, W, C) view, or None.
+
+    The GEMM convolutions (``minicnn.ops.conv``) write their output, and their input
+    gradient, in channels-last memory behind the NCHW shape, as PyTorch's
+    ``channels_last`` memory format: shapes, values and every API stay NCHW, only the
+    strides differ (``y.transpose(0, 2, 3, 1)`` is contiguous).  The ops that work in
+    that layout (convolution, batch norm, ReLU, max pooling) ask for it here and so skip
+    two layout moves per convolution; every other op copies its input to C order."""
+    if a.ndim == 4:
+        t = a.transpose(0, 2, 3, 1)
+        if t.flags.c_contiguous:
+            return t
+    return None
+
+
+def channels_last(a):
+    """True if the strides of a 4-D array (N, C, H, W) order its memory as (N, H, W, C),
+    dense or not (e.g. ``x[:, :, ::2, ::2]`` of a channels-last x), and it is not C-contiguous."""
+    return a.ndim == 4 and not a.flags.c_contiguous and a.strides[1] < a.strides[3] < a.strides[2] < a.strides[0]
+
+
+def empty_in_layout(shape, dtype, last):
+    """An uninitialized (N, C, H, W) array, channels-last memory if ``last`` else C order."""
+    if last:
+        return np.empty((shape[0], shape[2], shape[3], shape[1]), dtype).transpose(0, 3, 1, 2)
+    return np.empty(shape, dtype)
 
 
 def unbroadcast(grad, shape):

@@ -7,30 +7,33 @@ from .._runtime import parallel_slices
 from ..kernels import activation as K
 from ..kernels.special import erf
 from ..tensor import Function
+from ._util import nhwc
 
 _SLICE = 1 << 16   # elements per worker task at least: below that, threads cost more than they save
 
 
 class ReLU(Function):
     """y = max(x, 0).   dy/dx = [x > 0] (0 at x = 0, as PyTorch).  Large arrays run in
-    slices on the worker threads."""
+    slices on the worker threads.  A channels-last x (``minicnn.ops._util.nhwc``) is
+    worked on in its own memory order, and y keeps that layout."""
     @staticmethod
     def forward(ctx, x):
-        x = np.asarray(x, order="C")        # (not ascontiguousarray: it makes 0-d arrays 1-d)
+        ctx.channels_last = not x.flags.c_contiguous and nhwc(x) is not None
+        x = nhwc(x) if ctx.channels_last else np.asarray(x, order="C")  # (ascontiguousarray makes 0-d 1-d)
         y = np.empty_like(x)
         xf, yf = x.reshape(-1), y.reshape(-1)
         parallel_slices(x.size, lambda s: K.relu(xf[s], yf[s]), _SLICE)
         ctx.save_for_backward(y)
-        return y
+        return y.transpose(0, 3, 1, 2) if ctx.channels_last else y
 
     @staticmethod
     def backward(ctx, g):
-        y, = ctx.saved
-        g = np.asarray(g, order="C")
+        y, = ctx.saved                   # in the memory order the forward pass worked in
+        g = np.ascontiguousarray(g.transpose(0, 2, 3, 1)) if ctx.channels_last else np.asarray(g, order="C")
         gx = np.empty_like(g)
         gf, yf, gxf = g.reshape(-1), y.reshape(-1), gx.reshape(-1)
         parallel_slices(g.size, lambda s: K.relu_backward(gf[s], yf[s], gxf[s]), _SLICE)
-        return gx
+        return gx.transpose(0, 3, 1, 2) if ctx.channels_last else gx
 
 
 class ReLU6(Function):

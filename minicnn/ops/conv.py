@@ -9,21 +9,32 @@ Per chunk of images, ``kernels.conv.im2row`` unrolls the windows into one row pe
 output pixel, ``rows (nb·Ho·Wo, C·kh·kw)``, and one GEMM per group does the work
 (Wr: the weight with each output channel's window in row order):
 
-    forward   Yᵀ_g   = rows_g · Wr_gᵀ                 (nb·L, O/G), then NCHW (+ bias)
+    forward   Yᵀ_g   = rows_g · Wr_gᵀ                 (nb·L, O/G), + bias
     backward  dWr_g  = Σ_chunks dYᵀ_gᵀ · rows_g
               drows_g = dYᵀ_g · Wr_g,   dx = row2im(drows)
               db     = Σ_{n, oh, ow} dY
 
+Layout.  Yᵀ is the output in NHWC order, so it is written in place into a
+channels-last output: y has the NCHW shape, with NHWC memory behind it
+(``minicnn.ops._util.nhwc``, PyTorch's ``channels_last``).  A channels-last input
+is read as it is, and a channels-last output gradient likewise; the input gradient
+comes back channels-last.  Batch norm, ReLU and 2x2 max pooling keep the layout, so
+a network of them moves no layout between its convolutions; any other op simply
+sees a non-contiguous NCHW array.  Depthwise convolutions stay NCHW.
+
 Chunks keep the row matrix in cache and bound its memory, and are spread over
 the worker threads (``minicnn._runtime.parallel_for``); the backward pass
-recomputes the rows from the NHWC copy of x that the forward pass keeps, instead
-of keeping the 9x larger rows alive between the passes.  A
+recomputes the rows from x's NHWC memory (a channels-last input itself, or the
+NHWC copy that the forward pass keeps), instead of keeping the 9x larger rows alive between the passes.  A
 1x1 convolution with stride 1 and no padding needs no im2row: its rows are the
 NHWC image itself.  Thin layers (few taps per window, e.g. an RGB input layer) use
 the classic channel-major im2col instead, ``cols (nb, K, L)`` per chunk, whose GEMMs
-read and write NCHW in place (``kernels.conv.im2col``):
+work on NCHW images (``kernels.conv.im2col``):
 
     forward   y_n = Wr · cols_n,   backward  dW = Σ_n dy_n · cols_nᵀ,  dcols_n = Wrᵀ · dy_n,  dx = col2im(dcols)
+
+(y_n is moved to the channels-last output in cache, dy_n from a channels-last gradient;
+dx stays NCHW).
 
 With one input channel per group (depthwise) the GEMMs would be too thin for
 BLAS, so ``kernels.conv.depthwise`` loops over the taps.
@@ -43,6 +54,7 @@ import numpy as np
 from .._runtime import parallel_for, scratch
 from ..kernels import conv as K
 from ..tensor import Function
+from ._util import nhwc
 
 # Bytes of one chunk's row matrix: big enough for efficient GEMMs, small enough that
 # a worker's rows stay in cache between im2row and the GEMMs.  At least MIN_CHUNKS
@@ -95,7 +107,8 @@ class _Plan:
                          and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS)
         self.im2col = (not (self.pointwise or self.winograd) and self.groups == 1
                        and self.K <= IM2COL_MAX_K)
-        self.via_nhwc = not (self.im2col or self.depthwise)     # im2row, 1x1 and Winograd
+        self.via_nhwc = not (self.im2col or self.depthwise)     # im2row, 1x1 and Winograd: NHWC input
+        self.channels_last = not self.depthwise                   # output and input gradient layout
         self.tiles = (-(-Ho // 2), -(-Wo // 2))
         per_image = 16 * self.tiles[0] * self.tiles[1] * self.C if self.winograd else self.K * self.L
         self.nb = _chunk_images(self.N, per_image * w.itemsize)
@@ -200,19 +213,23 @@ class Conv2d(Function):
 
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups, out_hw):
-        x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+        w = np.ascontiguousarray(w)
         ctx.geometry = stride, padding, dilation, groups, out_hw
         ctx.has_bias, ctx.x_shape = b is not None, x.shape
         plan = _Plan(x.shape, w, ctx.geometry)
-        # The backward pass needs the input for dW only.  The NHWC routes keep the
-        # NHWC copy they make anyway, so the backward pass need not transpose x again.
-        keep = None
-        if plan.via_nhwc and ctx.needs_input_grad[1]:
+        xh_all = nhwc(x) if plan.via_nhwc else None      # channels-last input: no layout move
+        if xh_all is None:
+            x = np.ascontiguousarray(x)
+        # The backward pass needs the input for dW only, in NHWC on these routes: the
+        # channels-last input itself, or the NHWC copy that the chunks make anyway.
+        keep = xh_all
+        if plan.via_nhwc and ctx.needs_input_grad[1] and keep is None:
             keep = np.empty((plan.N, plan.H, plan.W, plan.C), x.dtype)
         ctx.save_for_backward(keep if plan.via_nhwc else x, w)
         N, O, L = plan.N, plan.O, plan.L
-        y = np.empty((N, O) + out_hw, x.dtype)
-        y3 = y.reshape(N, O, L)
+        # Output: channels-last (the NHWC routes' GEMMs write it in place; im2col's per-image
+        # GEMMs write NCHW, moved in cache), except for depthwise convolutions.
+        y = np.empty((N,) + out_hw + (O,) if plan.channels_last else (N, O) + out_hw, x.dtype)
         bias = _NO_BIAS[x.dtype] if b is None else np.ascontiguousarray(b)
         wr_t = _rows_weight(w, groups).transpose(0, 2, 1)
         u = _winograd_weight(w) if plan.winograd else None
@@ -224,41 +241,59 @@ class Conv2d(Function):
                 K.depthwise(x[part], w.reshape(O, *w.shape[2:]), bias, *plan.taps, y[part])
                 return
             if plan.im2col:
-                np.matmul(w2, plan.cols(x[part]), out=y3[part])
+                cols = plan.cols(x[part])
+                yc = plan.buffer("yt", cols.shape[0], O, L)
+                np.matmul(w2, cols, out=yc)
                 if b is not None:
-                    y3[part] += bias[:, None]
+                    yc += bias[:, None]
+                K.transpose(yc, _NO_BIAS[x.dtype], y[part].reshape(-1, L, O))
                 return
-            xh = plan.nhwc(x[part], None if keep is None else keep[part])
+            if xh_all is not None:
+                xh = xh_all[part]
+            else:
+                xh = plan.nhwc(x[part], None if keep is None else keep[part])
+            yt = y[part].reshape(-1, O)
             if plan.winograd:
                 v = plan.winograd_input(xh)
                 m = plan.buffer("yt", 16, v.shape[1], O)
                 np.matmul(v, u, out=m)
-                n = x[part].shape[0]
-                yh = plan.buffer("xh", n, L, O)
-                K.winograd_output(m, *plan.tiles, *_WINOGRAD[x.dtype][2:], yh.reshape(n, *out_hw, O))
-                K.transpose(yh, bias, y3[part])
-                return
-            rows = plan.rows(xh)
-            yt = plan.buffer("yt", rows.shape[0], O)
-            np.matmul(plan.grouped(rows), wr_t, out=plan.grouped(yt))
-            K.transpose(yt.reshape(-1, L, O), bias, y3[part])
+                K.winograd_output(m, *plan.tiles, *_WINOGRAD[x.dtype][2:], y[part])
+            else:
+                np.matmul(plan.grouped(plan.rows(xh)), wr_t, out=plan.grouped(yt))
+            if b is not None:
+                yt += bias
 
         parallel_for(plan.n_chunks, chunk)
-        return y
+        return y.transpose(0, 3, 1, 2) if plan.channels_last else y
 
     @staticmethod
     def backward(ctx, gy):
-        x, w = ctx.saved          # x: the input (NCHW), its NHWC copy or None (see forward)
+        x, w = ctx.saved   # x: the input (NCHW); on the NHWC routes its NHWC memory, None without dW
         groups = ctx.geometry[3]
         need_x, need_w = ctx.needs_input_grad[:2]
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
         plan = _Plan(ctx.x_shape, w, ctx.geometry)
         N, O, L = plan.N, plan.O, plan.L
-        gy = np.ascontiguousarray(gy)
-        gy3 = gy.reshape(N, O, L)
+        gh_all = nhwc(gy) if plan.channels_last else None     # channels-last gradient: no layout move
+        if gh_all is None:
+            gy = np.ascontiguousarray(gy)
+        gy3 = gy.reshape(N, O, L) if gh_all is None else None
+
+        def bias_grad(part, out):
+            if gh_all is None:
+                gy3[part].sum(axis=(0, 2), dtype=np.float64, out=out)
+            else:
+                gh_all[part].reshape(-1, O).sum(axis=0, dtype=np.float64, out=out)
+
         if not (need_x or need_w):
-            return None, None, gy3.sum(axis=(0, 2), dtype=np.float64).astype(w.dtype) if need_b else None
-        gx = np.empty(ctx.x_shape, w.dtype) if need_x else None
+            gb = np.empty(O) if need_b else None
+            if need_b:
+                bias_grad(slice(None), gb)
+            return None, None, gb.astype(w.dtype) if need_b else None
+        # Input gradient: channels-last on the NHWC routes (written in place), else NCHW.
+        gx = None
+        if need_x:
+            gx = np.empty((N, plan.H, plan.W, plan.C) if plan.via_nhwc else ctx.x_shape, w.dtype)
         wr = _rows_weight(w, groups)
         # One slot per chunk, summed in chunk order: the same bits whichever worker ran it.
         u = _winograd_weight(w) if plan.winograd else None
@@ -270,55 +305,59 @@ class Conv2d(Function):
 
         def chunk(k):
             part = plan.images(k)
-            n = gy3[part].shape[0]
+            n = part.stop - part.start
             if need_b:
-                gy3[part].sum(axis=(0, 2), dtype=np.float64, out=gb_parts[k])
+                bias_grad(part, gb_parts[k])
             if plan.depthwise:
                 K.depthwise_backward(x[part], w.reshape(O, *w.shape[2:]), gy[part], *plan.taps,
                                      gx[part] if need_x else _EMPTY[w.dtype][4],
                                      gw_parts[k] if need_w else _EMPTY[w.dtype][3])
                 return
             if plan.im2col:
+                if gh_all is None:
+                    g_c = gy3[part]
+                else:
+                    g_c = plan.buffer("yt", n, O, L)
+                    K.transpose(gh_all[part].reshape(n, L, O), _NO_BIAS[w.dtype], g_c)
                 if need_w:
                     gw_n = plan.buffer("gw", n, O, plan.K)
-                    np.matmul(gy3[part], plan.cols(x[part]).transpose(0, 2, 1), out=gw_n)
+                    np.matmul(g_c, plan.cols(x[part]).transpose(0, 2, 1), out=gw_n)
                     gw_n.sum(axis=0, out=gw_parts[k])
                 if need_x:
                     d_cols = plan.buffer("rows", n, plan.K, L)
-                    np.matmul(w2.T, gy3[part], out=d_cols)
+                    np.matmul(w2.T, g_c, out=d_cols)
                     K.col2im(d_cols, *plan.kernel_args[1:], gx[part])
                 return
+            if gh_all is not None:
+                gh = gh_all[part]
+            else:
+                gh = plan.buffer("yt" if not plan.winograd else "gh", n, *ctx.geometry[4], O)
+                K.transpose(gy3[part], _NO_BIAS[w.dtype], gh.reshape(n, L, O))
             if plan.winograd:
-                gh = plan.buffer("gh", n, L, O)
-                K.transpose(gy3[part], _NO_BIAS[w.dtype], gh)
                 dm = plan.buffer("yt", 16, n * plan.tiles[0] * plan.tiles[1], O)
-                K.winograd_output_grad(gh.reshape(n, *ctx.geometry[4], O), *plan.tiles, *_WINOGRAD[w.dtype][2:], dm)
+                K.winograd_output_grad(gh, *plan.tiles, *_WINOGRAD[w.dtype][2:], dm)
                 if need_w:
                     np.matmul(plan.winograd_input(x[part]).transpose(0, 2, 1), dm, out=gw_parts[k])
                 if need_x:
                     dv = plan.buffer("rows", 16, dm.shape[1], plan.C)
                     np.matmul(dm, u.transpose(0, 2, 1), out=dv)
-                    dxh = plan.buffer("xh", n, plan.H, plan.W, plan.C)
                     K.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *_WINOGRAD[w.dtype][:2],
-                                          plan.padded_tiles(n), dxh)
-                    K.transpose(dxh.reshape(n, -1, plan.C), _NO_BIAS[w.dtype], gx[part].reshape(n, plan.C, -1))
+                                          plan.padded_tiles(n), gx[part])
                 return
-            gt = plan.buffer("yt", n * L, O)
-            K.transpose(gy3[part], _NO_BIAS[w.dtype], gt.reshape(n, L, O))
-            gt_g = plan.grouped(gt)
+            gt_g = plan.grouped(gh.reshape(n * L, O))
             if need_w:                   # as dWrᵀ: the faster GEMM orientation here
                 np.matmul(plan.grouped(plan.rows(x[part])).transpose(0, 2, 1), gt_g, out=gw_parts[k])
             if need_x:
-                xh = plan.buffer("xh", n, plan.H, plan.W, plan.C)
                 if plan.pointwise:        # the rows are the NHWC image itself
-                    np.matmul(gt_g, wr, out=plan.grouped(xh.reshape(-1, plan.K)))
+                    np.matmul(gt_g, wr, out=plan.grouped(gx[part].reshape(-1, plan.K)))
                 else:
                     d_rows = plan.buffer("rows", n * L, plan.K)
                     np.matmul(gt_g, wr, out=plan.grouped(d_rows))
-                    K.row2im(d_rows, *plan.kernel_args, xh)
-                K.transpose(xh.reshape(n, -1, plan.C), _NO_BIAS[w.dtype], gx[part].reshape(n, plan.C, -1))
+                    K.row2im(d_rows, *plan.kernel_args, gx[part])
 
         parallel_for(plan.n_chunks, chunk)
+        if need_x and plan.via_nhwc:
+            gx = gx.transpose(0, 3, 1, 2)
         gw = None
         if need_w and (plan.depthwise or plan.im2col):
             gw = gw_parts.sum(axis=0).reshape(w.shape)

@@ -30,20 +30,39 @@ Statistics and coefficients are float64; y and dL/dx keep x's dtype.
 """
 import numpy as np
 
-from ..kernels.norm import grad_rows, normalize_rows, row_grad_sums, row_moments
+from ..kernels.norm import (col_sums, grad_cols, grad_rows, normalize_cols, normalize_rows, row_grad_sums,
+                            row_moments)
 from ..tensor import Function, Tensor
+from ._util import nhwc
 
 
-def _row_stats(rows):
-    """Per-row mean and M2 = Σ(x - mean)² of a contiguous (R, L) array, float64."""
+# Row slices of the channels-last (column) kernels: fixed, so the bits do not depend on the thread count.
+_COL_SLICES = 16
+
+
+def _row_stats(rows, columns=False):
+    """Mean and M2 = Σ(x - mean)² of each row of a contiguous (R, L) array, or with
+    ``columns`` of each column of a (P, C) one; float64."""
+    if columns:
+        shift = rows[0].astype(np.float64)        # the shifted-data algorithm, as row_moments
+        s = np.empty((min(_COL_SLICES, rows.shape[0]), rows.shape[1]))
+        ss = np.empty_like(s)
+        col_sums(rows, shift, rows, shift, s, ss)
+        s, ss = s.sum(axis=0), ss.sum(axis=0)
+        return shift + s / rows.shape[0], np.maximum(ss - s * s / rows.shape[0], 0.0)
     mean = np.empty(rows.shape[0])
     m2 = np.empty(rows.shape[0])
     row_moments(rows, mean, m2)
     return mean, m2
 
 
-def _row_sums(g_rows, rows, mean_r):
-    """Per-row Σg and Σg·(x - mean_r), float64."""
+def _row_sums(g_rows, rows, mean_r, columns=False):
+    """Σg and Σg·(x - mean_r) of each row (or with ``columns``, each column), float64."""
+    if columns:
+        sg = np.empty((min(_COL_SLICES, rows.shape[0]), rows.shape[1]))
+        sgx = np.empty_like(sg)
+        col_sums(g_rows, np.zeros(rows.shape[1]), rows, mean_r, sg, sgx)
+        return sg.sum(axis=0), sgx.sum(axis=0)
     sg = np.empty(rows.shape[0])
     sgx = np.empty(rows.shape[0])
     row_grad_sums(g_rows, rows, mean_r, sg, sgx)
@@ -55,17 +74,17 @@ def _per_row(a, shape):
     return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float64).reshape(-1)
 
 
-def _normalize(rows, mean_r, scale_r, shift_r, dtype):
-    """(x - μ_r)·scale_r + shift_r per row, as a new (R, L) array of ``dtype``."""
+def _normalize(rows, mean_r, scale_r, shift_r, dtype, columns=False):
+    """(x - μ_r)·scale_r + shift_r per row (or column), as a new array of ``dtype``."""
     out = np.empty(rows.shape, dtype)
-    normalize_rows(rows, mean_r, scale_r, shift_r, out)
+    (normalize_cols if columns else normalize_rows)(rows, mean_r, scale_r, shift_r, out)
     return out
 
 
-def _input_grad(g_rows, rows, mean_r, alpha, beta, gamma):
-    """dL/dx = α·g + β·(x - μ) + γ per row, in x's dtype."""
+def _input_grad(g_rows, rows, mean_r, alpha, beta, gamma, columns=False):
+    """dL/dx = α·g + β·(x - μ) + γ per row (or column), in x's dtype."""
     gx = np.empty(rows.shape, np.result_type(g_rows, rows))
-    grad_rows(g_rows, rows, mean_r, alpha, beta, gamma, gx)
+    (grad_cols if columns else grad_rows)(g_rows, rows, mean_r, alpha, beta, gamma, gx)
     return gx
 
 
@@ -87,12 +106,20 @@ class ChannelNorm(Function):
     def forward(ctx, x, weight, bias, groups=1, over_batch=False, eps=1e-5, stats=None, running=None):
         N, C = x.shape[:2]
         K = C // groups
-        grid = (N, groups, K)
-        rows = np.ascontiguousarray(x).reshape(N * C, -1)
-        L = rows.shape[1]
+        # Batch norm of a channels-last x (see ops._util.nhwc) works on its memory as
+        # columns (N·H·W, C): one "row" of N·H·W values per channel, grid (1, C, 1).
+        columns = over_batch and K == 1 and not x.flags.c_contiguous and nhwc(x) is not None
+        if columns:
+            grid = (1, C, 1)
+            rows = nhwc(x).reshape(-1, C)
+            L = rows.shape[0]
+        else:
+            grid = (N, groups, K)
+            rows = np.ascontiguousarray(x).reshape(N * C, -1)
+            L = rows.shape[1]
         if stats is None:
             axes = (0, 2) if over_batch else (2,)
-            mean_r, m2_r = (a.reshape(grid) for a in _row_stats(rows))
+            mean_r, m2_r = (a.reshape(grid) for a in _row_stats(rows, columns))
             mean = mean_r.mean(axis=axes, keepdims=True)
             m2 = m2_r.sum(axis=axes, keepdims=True) + L * ((mean_r - mean) ** 2).sum(axis=axes, keepdims=True)
             n = L * int(np.prod([grid[a] for a in axes]))
@@ -113,18 +140,20 @@ class ChannelNorm(Function):
         w = 1.0 if weight is None else weight.reshape(1, groups, K)
         mean_r = _per_row(mean, grid)
         y = _normalize(rows, mean_r, _per_row(w * rstd, grid),
-                       _per_row(0.0 if bias is None else bias.reshape(1, groups, K), grid), x.dtype)
+                       _per_row(0.0 if bias is None else bias.reshape(1, groups, K), grid), x.dtype, columns)
         ctx.save_for_backward(rows, mean_r, rstd, weight)
-        ctx.shape, ctx.grid = x.shape, grid
+        ctx.shape, ctx.grid, ctx.columns = x.shape, grid, columns
         ctx.bias_dtype = None if bias is None else bias.dtype
+        if columns:
+            return y.reshape(N, *x.shape[2:], C).transpose(0, 3, 1, 2)
         return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):
         rows, mean_r, rstd, weight = ctx.saved
-        grid = ctx.grid
-        g_rows = np.ascontiguousarray(g).reshape(rows.shape)
-        sg, sgx = (a.reshape(grid) for a in _row_sums(g_rows, rows, mean_r))
+        grid, columns = ctx.grid, ctx.columns
+        g_rows = np.ascontiguousarray(g.transpose(0, 2, 3, 1) if columns else g).reshape(rows.shape)
+        sg, sgx = (a.reshape(grid) for a in _row_sums(g_rows, rows, mean_r, columns))
         sgxhat = sgx * rstd                                 # Σ g·x̂ per row
         C = grid[1] * grid[2]
         gw = gb = gx = None
@@ -141,7 +170,11 @@ class ChannelNorm(Function):
                 beta = -rstd * rstd * mean_gxhat_xhat
                 gamma = -rstd * mean_gxhat
             gx = _input_grad(g_rows, rows, mean_r, _per_row(w * rstd, grid),
-                             _per_row(beta, grid), _per_row(gamma, grid)).reshape(ctx.shape)
+                             _per_row(beta, grid), _per_row(gamma, grid), columns)
+            if columns:
+                N, C = ctx.shape[:2]
+                gx = gx.reshape(N, *ctx.shape[2:], C).transpose(0, 3, 1, 2)
+            gx = gx.reshape(ctx.shape)
         return gx, gw, gb
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from .._runtime import parallel_slices
 from ..kernels import pool as K
 from ..tensor import Function
+from ._util import channels_last, nhwc
 from .conv import as_pair, check_float_input
 
 # Elements per worker task at least, for the global pool's light passes: one pass over
@@ -35,26 +36,41 @@ def _halving(lo, hi):
 
 
 class MaxPool2d(Function):
-    """y = max over each window; the argmax of each window is saved for backward."""
+    """y = max over each window; the argmax of each window is saved for backward.  2x2
+    stride-2 pooling of a channels-last x (``minicnn.ops._util.nhwc``) runs in that layout,
+    and y and dx keep it."""
 
     @staticmethod
     def forward(ctx, x, windows, out_hw):
         N, C, H, W = x.shape
+        halving = _halving(*windows[:2]) and _halving(*windows[2:4])
+        xh = nhwc(x) if halving and channels_last(x) else None
+        ctx.x_shape, ctx.channels_last = x.shape, xh is not None
+        if xh is not None:
+            y = np.empty((N,) + out_hw + (C,), x.dtype)
+            argmax = np.empty(y.shape, np.int32)
+            parallel_slices(N, lambda s: K.max_pool_2x2_nhwc(xh[s], y[s], argmax[s]))
+            ctx.save_for_backward(argmax)
+            return y.transpose(0, 3, 1, 2)
         y = np.empty((N * C,) + out_hw, x.dtype)
         argmax = np.empty(y.shape, np.int32)
         planes = np.ascontiguousarray(x).reshape(N * C, H, W)
-        if _halving(*windows[:2]) and _halving(*windows[2:4]):
+        if halving:
             parallel_slices(N * C, lambda s: K.max_pool_2x2(planes[s], y[s], argmax[s]))
         else:
             parallel_slices(N * C, lambda s: K.max_pool(planes[s], *windows[:4], y[s], argmax[s]))
         ctx.save_for_backward(argmax)
-        ctx.x_shape = x.shape
         return y.reshape(N, C, *out_hw)
 
     @staticmethod
     def backward(ctx, gy):
         (argmax,) = ctx.saved
         N, C, H, W = ctx.x_shape
+        if ctx.channels_last:
+            gx = np.empty((N, H, W, C), gy.dtype)
+            gh = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+            parallel_slices(N, lambda s: K.max_pool_2x2_nhwc_backward(gh[s], argmax[s], gx[s]))
+            return gx.transpose(0, 3, 1, 2)
         gx = np.empty((N * C, H * W), gy.dtype)
         gy, argmax = np.ascontiguousarray(gy).reshape(N * C, -1), argmax.reshape(N * C, -1)
         parallel_slices(N * C, lambda s: K.max_pool_backward(gy[s], argmax[s], gx[s]))
@@ -84,11 +100,18 @@ class AvgPool2d(Function):
 
 class GlobalAvgPool2d(Function):
     """y[n, c] = mean of x[n, c] over H·W (summed in float64), kept as (N, C, 1, 1);
-    dx = dy / (H·W) everywhere.  Numba passes over slices of planes on the worker threads."""
+    dx = dy / (H·W) everywhere.  Numba passes over slices of planes on the worker threads;
+    a channels-last x (``minicnn.ops._util.nhwc``) is reduced in its own layout, and dx keeps it."""
 
     @staticmethod
     def forward(ctx, x):
         ctx.x_shape = N, C, H, W = x.shape
+        xh = nhwc(x) if channels_last(x) else None
+        ctx.channels_last = xh is not None
+        if xh is not None:
+            images, y = xh.reshape(N, H * W, C), np.empty((N, C), x.dtype)
+            parallel_slices(N, lambda s: K.image_means_nhwc(images[s], y[s]), max(1, _MIN_POOL_ELEMENTS // x[0].size))
+            return y.reshape(N, C, 1, 1)
         planes = np.ascontiguousarray(x).reshape(N * C, H * W)
         y = np.empty(N * C, x.dtype)
         parallel_slices(N * C, lambda s: K.plane_means(planes[s], y[s]), max(1, _MIN_POOL_ELEMENTS // (H * W)))
@@ -97,6 +120,10 @@ class GlobalAvgPool2d(Function):
     @staticmethod
     def backward(ctx, gy):
         N, C, H, W = ctx.x_shape
+        if ctx.channels_last:
+            gx = np.empty((N, H * W, C), gy.dtype)
+            gx[...] = gy.reshape(N, 1, C) / (H * W)
+            return gx.reshape(N, H, W, C).transpose(0, 3, 1, 2)
         gx = np.empty((N * C, H * W), gy.dtype)
         g = np.ascontiguousarray(gy).reshape(N * C)
         parallel_slices(N * C, lambda s: K.fill_planes(g[s], gx[s]), max(1, _MIN_POOL_ELEMENTS // (H * W)))
