@@ -180,29 +180,6 @@ def _plane_means(x, y):
         y[_u(p)] = s / L
 
 
-def _image_means_nhwc(x, y):
-    """y[n, c] = Σ_l x[n, l, c] / L, summed in float64; x (N, L, C), y (N, C): the global
-    average pool of channels-last images.  Four pixels per pass over the channels, so the
-    running sums are loaded and stored once per four pixels."""
-    N, L, C = x.shape
-    acc = np.empty(C)
-    for n in range(N):
-        n_ = _u(n)
-        acc[:] = 0
-        q = 0
-        while q + 4 <= L:
-            for c in range(C):
-                c_ = _u(c)
-                acc[c_] += ((np.float64(x[n_, _u(q), c_]) + np.float64(x[n_, _u(q + 1), c_]))
-                            + (np.float64(x[n_, _u(q + 2), c_]) + np.float64(x[n_, _u(q + 3), c_])))
-            q += 4
-        for r in range(q, L):
-            for c in range(C):
-                acc[_u(c)] += x[n_, _u(r), _u(c)]
-        for c in range(C):
-            y[n_, _u(c)] = acc[_u(c)] / L
-
-
 def _fill_planes(gy, gx):
     """gx[p, :] = gy[p] / L: the global average pool's backward; gy (P,), gx (P, L)."""
     P, L = gx.shape
@@ -221,4 +198,3 @@ avg_pool = njit(cache=True, nogil=True)(_avg_pool)
 avg_pool_backward = njit(cache=True, nogil=True)(_avg_pool_backward)
 plane_means = njit(cache=True, nogil=True, fastmath={"reassoc"})(_plane_means)
 fill_planes = njit(cache=True, nogil=True)(_fill_planes)
-image_means_nhwc = njit(cache=True, nogil=True)(_image_means_nhwc)

@@ -33,8 +33,8 @@ work on NCHW images (``kernels.conv.im2col``):
 
     forward   y_n = Wr · cols_n,   backward  dW = Σ_n dy_n · cols_nᵀ,  dcols_n = Wrᵀ · dy_n,  dx = col2im(dcols)
 
-(y_n is moved to the channels-last output in cache, dy_n from a channels-last gradient;
-dx stays NCHW).
+(as y_nᵀ = cols_nᵀ · Wrᵀ into a channels-last output; a channels-last dy_n is read as the
+transposed view it is; dx stays NCHW).
 
 With one input channel per group (depthwise) the GEMMs would be too thin for
 BLAS, so ``kernels.conv.depthwise`` loops over the taps.
@@ -53,6 +53,7 @@ import numpy as np
 
 from .._runtime import parallel_for, scratch
 from ..kernels import conv as K
+from ..kernels.reduce import column_sums
 from ..tensor import Function
 from ._util import nhwc
 
@@ -240,13 +241,11 @@ class Conv2d(Function):
             if plan.depthwise:
                 K.depthwise(x[part], w.reshape(O, *w.shape[2:]), bias, *plan.taps, y[part])
                 return
-            if plan.im2col:
-                cols = plan.cols(x[part])
-                yc = plan.buffer("yt", cols.shape[0], O, L)
-                np.matmul(w2, cols, out=yc)
+            if plan.im2col:               # y_nᵀ = cols_nᵀ · Wrᵀ: the GEMM writes channels-last
+                yt = y[part].reshape(-1, L, O)
+                np.matmul(plan.cols(x[part]).transpose(0, 2, 1), w2.T, out=yt)
                 if b is not None:
-                    yc += bias[:, None]
-                K.transpose(yc, _NO_BIAS[x.dtype], y[part].reshape(-1, L, O))
+                    yt += bias
                 return
             if xh_all is not None:
                 xh = xh_all[part]
@@ -283,7 +282,7 @@ class Conv2d(Function):
             if gh_all is None:
                 gy3[part].sum(axis=(0, 2), dtype=np.float64, out=out)
             else:
-                gh_all[part].reshape(-1, O).sum(axis=0, dtype=np.float64, out=out)
+                column_sums(gh_all[part].reshape(1, -1, O), out.reshape(1, O))
 
         if not (need_x or need_w):
             gb = np.empty(O) if need_b else None
@@ -313,12 +312,8 @@ class Conv2d(Function):
                                      gx[part] if need_x else _EMPTY[w.dtype][4],
                                      gw_parts[k] if need_w else _EMPTY[w.dtype][3])
                 return
-            if plan.im2col:
-                if gh_all is None:
-                    g_c = gy3[part]
-                else:
-                    g_c = plan.buffer("yt", n, O, L)
-                    K.transpose(gh_all[part].reshape(n, L, O), _NO_BIAS[w.dtype], g_c)
+            if plan.im2col:               # dy_n (O, L) as it is, or a view of channels-last dy
+                g_c = gy3[part] if gh_all is None else gh_all[part].reshape(n, L, O).transpose(0, 2, 1)
                 if need_w:
                     gw_n = plan.buffer("gw", n, O, plan.K)
                     np.matmul(g_c, plan.cols(x[part]).transpose(0, 2, 1), out=gw_n)

@@ -21,6 +21,7 @@ import numpy as np
 
 from .._runtime import parallel_slices
 from ..kernels import pool as K
+from ..kernels.reduce import column_sums
 from ..tensor import Function
 from ._util import channels_last, nhwc
 from .conv import as_pair, check_float_input
@@ -109,9 +110,9 @@ class GlobalAvgPool2d(Function):
         xh = nhwc(x) if channels_last(x) else None
         ctx.channels_last = xh is not None
         if xh is not None:
-            images, y = xh.reshape(N, H * W, C), np.empty((N, C), x.dtype)
-            parallel_slices(N, lambda s: K.image_means_nhwc(images[s], y[s]), max(1, _MIN_POOL_ELEMENTS // x[0].size))
-            return y.reshape(N, C, 1, 1)
+            images, sums = xh.reshape(N, H * W, C), np.empty((N, C))
+            parallel_slices(N, lambda s: column_sums(images[s], sums[s]), max(1, _MIN_POOL_ELEMENTS // x[0].size))
+            return (sums / (H * W)).astype(x.dtype).reshape(N, C, 1, 1)
         planes = np.ascontiguousarray(x).reshape(N * C, H * W)
         y = np.empty(N * C, x.dtype)
         parallel_slices(N * C, lambda s: K.plane_means(planes[s], y[s]), max(1, _MIN_POOL_ELEMENTS // (H * W)))
