@@ -93,7 +93,8 @@ class _Plan:
     """How a convolution splits into chunks of images, and the per-chunk pieces.
 
     Per chunk (see ``minicnn.kernels.conv`` for the layouts): the NHWC copy ``xh``
-    (nb, H, W, C), the pixel-major ``rows`` (nb·L, K) and a GEMM output (nb·L, O).
+    (nb, H, W, C) of a C-ordered input, the pixel-major ``rows`` (nb·L, K), and the
+    NHWC output gradient ``yt`` (nb·L, O) of a C-ordered one (Winograd: its tiles).
     ``x_shape`` is the input's (N, C, H, W); ``w`` the weight, in the conv's dtype."""
 
     def __init__(self, x_shape, w, geometry):
@@ -326,7 +327,7 @@ class Conv2d(Function):
             if gh_all is not None:
                 gh = gh_all[part]
             else:
-                gh = plan.buffer("yt" if not plan.winograd else "gh", n, *ctx.geometry[4], O)
+                gh = plan.buffer("gh" if plan.winograd else "yt", n, *ctx.geometry[4], O)   # Winograd's yt holds dm
                 K.transpose(gy3[part], _NO_BIAS[w.dtype], gh.reshape(n, L, O))
             if plan.winograd:
                 dm = plan.buffer("yt", 16, n * plan.tiles[0] * plan.tiles[1], O)
