@@ -40,6 +40,9 @@ def run():
     out["max2x2_nhwc"] = grads(lambda x: ops.max_pool2d(x, 2), x_cl)
     out["global_nhwc"] = grads(lambda x: ops.adaptive_avg_pool2d(x, 1), x_cl)
     out["batch_norm_nhwc"] = grads(lambda x: ops.batch_norm(x, None, None, training=True), x_cl)
+    out["bn_add_relu_nhwc"] = grads(lambda x, r: ops.batch_norm(x, None, None, training=True, residual=r, relu=True),
+                                    x_cl, x_cl[::-1] - 0.5)
+    out["bn_relu_eval"] = grads(lambda x: ops.batch_norm(x, np.zeros(4), np.full(4, 2.0), relu=True), x - 0.5)
     out["avg"] = grads(lambda x: ops.avg_pool2d(x, (3, 2), 2, 1, True, False), x)
     out["adaptive"] = grads(lambda x: ops.adaptive_avg_pool2d(x, (3, 4)), x)
     out["global"] = grads(lambda x: ops.adaptive_avg_pool2d(x, 1), x)

@@ -197,6 +197,88 @@ def test_instance_norm_eval_without_tracking_uses_each_images_statistics():
     np.testing.assert_allclose(y.var(axis=(2, 3)), 1, atol=1e-5)
 
 
+def _channels_last(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_batch_norm_residual_relu_epilogue_equals_separate_ops(data):
+    """relu(bn(x) + residual) fused into the normalizing pass: the values and every
+    gradient of the separate ops, in training and eval mode, with x and the residual
+    each in C order or channels-last."""
+    N, C, H, W = (data.draw(st.integers(1, 3), label=k) for k in "NCHW")
+    N = max(N, 2) if H * W == 1 else N
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x, r, g = (rng.standard_normal((N, C, H, W)) for _ in range(3))
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    mean, var = rng.standard_normal(C), rng.uniform(0.5, 2, C)
+    if data.draw(st.booleans(), label="x channels-last"):
+        x = _channels_last(x)
+    if data.draw(st.booleans(), label="residual channels-last"):
+        r = _channels_last(r)
+    with_residual = data.draw(st.booleans(), label="residual")
+    relu = data.draw(st.booleans(), label="relu")
+    training = data.draw(st.booleans(), label="training")
+    stats = (None, None) if training else (mean, var)
+
+    def run(fused):
+        tx, tw, tb, tr = _tensors(x, w, b, r)
+        res = tr if with_residual else None
+        if fused:
+            y = ops.batch_norm(tx, *stats, tw, tb, training=training, residual=res, relu=relu)
+        else:
+            y = ops.batch_norm(tx, *stats, tw, tb, training=training)
+            y = y if res is None else y + res
+            y = ops.relu(y) if relu else y
+        y.backward(g)
+        return [y.data, tx.grad, tw.grad, tb.grad] + ([tr.grad] if with_residual else [])
+
+    for got, want in zip(run(True), run(False)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_epilogue_gradients_match_finite_differences(rng):
+    x, r = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal((3, 2, 3, 2))
+    w, b = rng.standard_normal(2), rng.standard_normal(2)
+    inputs = _tensors(_channels_last(x), w, b, r)
+    f = lambda x, w, b, r: ops.batch_norm(x, None, None, w, b, training=True, residual=r, relu=True)  # noqa: E731
+    assert gradcheck(f, inputs, eps=1e-7, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_module_runs_as_written_under_forward_hooks(rng):
+    """BatchNorm2d.fused and Sequential's BN -> ReLU fusion: the result of the separate
+    layers either way, and a forward hook sees the batch norm's own output."""
+    x = rng.standard_normal((4, 3, 5, 5))
+    res = rng.standard_normal((4, 3, 5, 5))
+    bn = nn.BatchNorm2d(3, dtype=np.float64)
+    bn.weight.data[:] = rng.standard_normal(3)
+    bn.eval()
+    want = ops.relu(bn(tensor(x)) + tensor(res)).data
+    np.testing.assert_allclose(bn.fused(tensor(x), tensor(res), relu=True).data, want, rtol=1e-12, atol=1e-12)
+    seen = []
+    bn.register_forward_hook(lambda m, args, out: seen.append(out.data))
+    np.testing.assert_allclose(bn.fused(tensor(x), tensor(res), relu=True).data, want, rtol=1e-12, atol=1e-12)
+    assert len(seen) == 1 and seen[0].min() < 0                     # before the add and the ReLU
+    net = nn.Sequential(nn.BatchNorm2d(3, dtype=np.float64), nn.ReLU(), nn.BatchNorm2d(3, dtype=np.float64),
+                        nn.ReLU(), nn.MaxPool2d(2))
+    net.eval()
+    net[0].running_mean[:] = rng.standard_normal(3)
+    fused = net(tensor(x)).data
+    net[1].register_forward_hook(lambda m, args, out: seen.append(out.data))   # now runs layer by layer
+    np.testing.assert_array_equal(net(tensor(x)).data, fused)
+    assert len(seen) == 2 and seen[1].min() == 0
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(residual=np.zeros((2, 3, 4, 5))), ValueError, r"residual has shape \(2, 3, 4, 5\), expected \(2, 3, 4, 4\)"),
+    (dict(residual=np.zeros((2, 3, 4, 4), np.float32)), TypeError, r"residual dtype float32 differs from input dtype float64"),
+])
+def test_batch_norm_epilogue_errors(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        ops.batch_norm(tensor(np.zeros((2, 3, 4, 4))), None, None, training=True, **kwargs)
+
+
 @pytest.mark.parametrize("make, x_shape, message", [
     (lambda: nn.BatchNorm2d(3), (2, 4, 3, 3), r"BatchNorm2d\(3\): expected 3 channels on axis 1, got 4"),
     (lambda: nn.BatchNorm2d(3), (2, 3, 3), r"BatchNorm2d\(3\): expected input of shape \(N, C, H, W\)"),

@@ -7,7 +7,7 @@ with float64 accumulators whatever the input dtype; the per-row results are
 small arrays that ``minicnn.ops.norm`` combines into per-group statistics.
 
     row_moments:    mean_r = Σ x / L,  m2_r = Σ (x - mean_r)²           (one pass)
-    normalize_rows: out = (x - mean_r)·scale_r + shift_r
+    normalize_rows: out = (x - mean_r)·scale_r + shift_r  [+ res]  [then ReLU]
     row_grad_sums:  sg_r = Σ g,  sgx_r = Σ g·(x - mean_r)                (one pass)
     grad_rows:      out = alpha_r·g + beta_r·(x - mean_r) + gamma_r
 
@@ -46,15 +46,25 @@ def _row_moments(x, mean, m2):
         m2[r] = max(ss - s * s / L, 0.0)
 
 
-def _normalize_rows(x, mean, scale, shift, out):
-    """out[r, i] = (x[r, i] - mean[r])·scale[r] + shift[r];  out may be x."""
+def _epilogue(v, res, relu):
+    """v + res (res = 0.0 when there is no residual), then ReLU if ``relu`` (NaN kept, as PyTorch)."""
+    v += res
+    if relu and not v > 0 and v == v:
+        return 0.0
+    return v
+
+
+def _normalize_rows(x, mean, scale, shift, res, relu, out):
+    """out[r, i] = (x[r, i] - mean[r])·scale[r] + shift[r], plus res[r, i] if res is not
+    empty, through ReLU if ``relu``; out may be x."""
     R, L = x.shape
+    add = res.size > 0
     for r in prange(R):
         m = mean[r]
         a = scale[r]
         b = shift[r]
         for i in range(L):
-            out[r, i] = (np.float64(x[r, i]) - m) * a + b
+            out[r, i] = epilogue((np.float64(x[r, i]) - m) * a + b, np.float64(res[r, i]) if add else 0.0, relu)
 
 
 def _row_grad_sums(g, x, mean, sg, sgx):
@@ -119,12 +129,15 @@ def _col_sums(u, k, x, m, s1, s2):
                 s2[t, c] += a * (np.float64(x[q, c]) - m[c])
 
 
-def _normalize_cols(x, mean, scale, shift, out):
-    """out[p, c] = (x[p, c] - mean[c])·scale[c] + shift[c];  x, out (P, C)."""
+def _normalize_cols(x, mean, scale, shift, res, relu, out):
+    """out[p, c] = (x[p, c] - mean[c])·scale[c] + shift[c], plus res[p, c] if res is not
+    empty, through ReLU if ``relu``;  x, res, out (P, C)."""
     P, C = x.shape
+    add = res.size > 0
     for p in prange(P):
         for c in range(C):
-            out[p, c] = (np.float64(x[p, c]) - mean[c]) * scale[c] + shift[c]
+            out[p, c] = epilogue((np.float64(x[p, c]) - mean[c]) * scale[c] + shift[c],
+                                 np.float64(res[p, c]) if add else 0.0, relu)
 
 
 def _grad_cols(g, x, mean, alpha, beta, gamma, out):
@@ -135,6 +148,7 @@ def _grad_cols(g, x, mean, alpha, beta, gamma, out):
             out[p, c] = alpha[c] * np.float64(g[p, c]) + beta[c] * (np.float64(x[p, c]) - mean[c]) + gamma[c]
 
 
+epilogue = njit(cache=True, inline="always")(_epilogue)
 row_moments = njit(**_FLAGS)(_row_moments)
 normalize_rows = njit(**_FLAGS)(_normalize_rows)
 row_grad_sums = njit(**_FLAGS)(_row_grad_sums)

@@ -103,11 +103,24 @@ class _BatchNorm(_NormBase):
         self.num_features = num_features
 
     def forward(self, x):
+        return self._norm(x)
+
+    def fused(self, x, residual=None, relu=False):
+        """relu(self(x) + residual) (either part optional) in one pass over the activation,
+        see ``ops.batch_norm``: how a ResNet block ends.  With forward hooks on this module
+        it runs as written, so that the hooks see the batch norm's own output."""
+        if self._forward_hooks:
+            y = self(x)
+            y = y if residual is None else y + residual
+            return ops.relu(y) if relu else y
+        return self._norm(x, residual, relu)
+
+    def _norm(self, x, residual=None, relu=False):
         self._check_input(x)
         use_batch = self.training or not self.track_running_stats
         momentum = self._tracking_factor() if self.training and self.track_running_stats else 0.0
         return ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                              training=use_batch, momentum=momentum, eps=self.eps)
+                              training=use_batch, momentum=momentum, eps=self.eps, residual=residual, relu=relu)
 
 
 class BatchNorm1d(_BatchNorm):

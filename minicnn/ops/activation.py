@@ -30,10 +30,17 @@ class ReLU(Function):
     def backward(ctx, g):
         y, = ctx.saved                   # in the memory order the forward pass worked in
         g = np.ascontiguousarray(g.transpose(0, 2, 3, 1)) if ctx.channels_last else np.asarray(g, order="C")
-        gx = np.empty_like(g)
-        gf, yf, gxf = g.reshape(-1), y.reshape(-1), gx.reshape(-1)
-        parallel_slices(g.size, lambda s: K.relu_backward(gf[s], yf[s], gxf[s]), _SLICE)
+        gx = relu_grad(g, y)
         return gx.transpose(0, 3, 1, 2) if ctx.channels_last else gx
+
+
+def relu_grad(g, y):
+    """g where y > 0, else 0 (PyTorch's threshold_backward), as a new array; g and y
+    C-contiguous of one shape.  Large arrays run in slices on the worker threads."""
+    gx = np.empty_like(g)
+    gf, yf, gxf = g.reshape(-1), y.reshape(-1), gx.reshape(-1)
+    parallel_slices(g.size, lambda s: K.relu_backward(gf[s], yf[s], gxf[s]), _SLICE)
+    return gx
 
 
 class ReLU6(Function):
