@@ -129,3 +129,28 @@ def test_relu_gradient_in_the_other_layout(rng):
     np.testing.assert_array_equal(got, want)
     _, (got,) = run(ops.relu, x, as_channels_last(g))
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("route", ["im2row", "winograd", "pointwise", "im2col", "depthwise"])
+@pytest.mark.parametrize("res_layout", ["C", "channels-last"])
+def test_conv_inference_epilogue_equals_separate_ops(route, res_layout, monkeypatch, rng):
+    """conv2d(..., scale, residual, relu) applies relu(conv·scale + bias + residual) per
+    chunk in cache (the raw result in a worker's scratch): the separate ops' values in
+    float64, on every route, with the residual in either layout, each part optional."""
+    C, O, k, groups = {"im2row": (4, 6, 3, 1), "winograd": (4, 6, 3, 1), "pointwise": (4, 6, 1, 1),
+                       "im2col": (2, 5, 3, 1), "depthwise": (4, 4, 3, 4)}[route]
+    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1 if route == "winograd" else 10**9)
+    monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 32 if route == "im2col" else 0)
+    monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: 2)      # several chunks, one ragged
+    x = as_channels_last(rng.standard_normal((5, C, 7, 6)))
+    w, b, s = rng.standard_normal((O, C // groups, k, k)), rng.standard_normal(O), rng.standard_normal(O)
+    r = rng.standard_normal((5, O, 7, 6))
+    r = as_channels_last(r) if res_layout == "channels-last" else r
+    y = ops.conv2d(tensor(x), tensor(w), padding=k // 2, groups=groups).data
+    for scale, bias, res, relu in [(s, b, r, True), (s, None, None, False), (None, b, r, False), (None, None, None, True)]:
+        want = y * (1 if scale is None else scale[:, None, None]) + (0 if bias is None else b[:, None, None])
+        want = np.maximum(want + (0 if res is None else res), 0) if relu else want + (0 if res is None else res)
+        got = ops.conv2d(tensor(x), tensor(w), None if bias is None else tensor(bias), padding=k // 2, groups=groups,
+                         scale=scale, residual=res, relu=relu).data
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        assert channels_last(got) == (route != "depthwise")

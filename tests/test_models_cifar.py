@@ -176,6 +176,28 @@ def test_fused_batch_norm_epilogues_change_only_rounding(build):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-5 * max(1.0, float(np.abs(want).max())))
 
 
+@pytest.mark.parametrize("build", [resnet20, improved_cnn_cifar])
+def test_eval_logits_with_batch_norms_folded_into_the_convolutions(build):
+    """Eval mode without gradients folds every conv -> BN (-> + shortcut) (-> ReLU) into the
+    convolution's epilogue; forward hooks on the batch norms force the layer-by-layer path."""
+    minicnn.manual_seed(1)
+    net = build()
+    rng = np.random.default_rng(2)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean[:] = rng.standard_normal(m.num_features) * 0.1
+            m.running_var[:] = rng.uniform(0.5, 2, m.num_features)
+    net.eval()
+    x = images(4, seed=7)
+    with minicnn.no_grad():
+        fused = net(x).data
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.register_forward_hook(lambda *args: None)
+        unfused = net(x).data
+    np.testing.assert_allclose(fused, unfused, rtol=1e-4, atol=1e-5 * np.abs(unfused).max())
+
+
 # ------------------------------------------------------------------------ AirNet specifics
 
 def test_patch_whitening_decorrelates_patches():

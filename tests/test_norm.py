@@ -270,6 +270,45 @@ def test_fused_module_runs_as_written_under_forward_hooks(rng):
     assert len(seen) == 2 and seen[1].min() == 0
 
 
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("conv_bias", [True, False])
+def test_conv_bn_folds_an_eval_batch_norm_into_the_convolution(affine, conv_bias, rng):
+    """nn.conv_bn in eval mode without gradients: relu(bn(conv(x)) + residual) as the
+    convolution's epilogue, equal to the layers run one by one; with gradients (or in
+    training) it runs conv then bn.fused, and the gradients reach the convolution."""
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=conv_bias, dtype=np.float64)
+    bn = nn.BatchNorm2d(4, affine=affine, dtype=np.float64)
+    bn.running_mean[:], bn.running_var[:] = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
+    if affine:
+        bn.weight.data[:], bn.bias.data[:] = rng.standard_normal(4), rng.standard_normal(4)
+    if conv_bias:
+        conv.bias.data[:] = rng.standard_normal(4)
+    bn.eval()
+    x, res = tensor(rng.standard_normal((3, 3, 5, 6))), tensor(rng.standard_normal((3, 4, 5, 6)))
+    want = ops.relu(bn(conv(x)) + res)
+    with minicnn.no_grad():
+        np.testing.assert_allclose(nn.conv_bn(conv, bn, x, res, relu=True).data, want.data, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(nn.conv_bn(conv, bn, x).data, bn(conv(x)).data, rtol=1e-12, atol=1e-12)
+    got = nn.conv_bn(conv, bn, x, res, relu=True)                 # gradients wanted: not folded
+    np.testing.assert_allclose(got.data, want.data, rtol=1e-12, atol=1e-12)
+    got.sum().backward()
+    assert conv.weight.grad is not None and np.abs(conv.weight.grad).max() > 0
+
+
+def test_sequential_folds_conv_bn_relu_in_eval_without_gradients(rng):
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64),
+                        nn.ReLU(), nn.Conv2d(3, 3, 1, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64))
+    net[1].running_mean[:], net[4].running_var[:] = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    net.eval()
+    x = tensor(rng.standard_normal((2, 2, 4, 5)))
+    with minicnn.no_grad():
+        fused = net(x).data
+        seen = []
+        net[2].register_forward_hook(lambda m, args, out: seen.append(out.data))   # the first triple runs as written
+        np.testing.assert_allclose(net(x).data, fused, rtol=1e-12, atol=1e-12)
+    assert len(seen) == 1 and seen[0].min() == 0
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(residual=np.zeros((2, 3, 4, 5))), ValueError, r"residual has shape \(2, 3, 4, 5\), expected \(2, 3, 4, 4\)"),
     (dict(residual=np.zeros((2, 3, 4, 4), np.float32)), TypeError, r"residual dtype float32 differs from input dtype float64"),

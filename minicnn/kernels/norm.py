@@ -25,6 +25,8 @@ All kernels are plain Python functions compiled with ``njit`` below, so
 ``NUMBA_DISABLE_JIT=1`` runs them as Python.  ``reassoc`` lets LLVM vectorize the
 float64 reductions; results differ from a sequential sum only in rounding.
 """
+import types
+
 import numpy as np
 from numba import njit, prange
 
@@ -156,3 +158,16 @@ grad_rows = njit(**_FLAGS)(_grad_rows)
 col_sums = njit(**_FLAGS)(_col_sums)
 normalize_cols = njit(**_FLAGS)(_normalize_cols)
 grad_cols = njit(**_FLAGS)(_grad_cols)
+
+
+def _serial(fn):
+    """``fn`` compiled without ``parallel`` (prange runs as range), GIL released: for callers
+    already on a worker thread (the convolution's epilogue, per chunk).  Cached under its own
+    name, as Numba's cache key ignores the compile options."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__)
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    return njit(cache=True, nogil=True, fastmath=_FLAGS["fastmath"])(twin)
+
+
+normalize_rows_serial = _serial(_normalize_rows)
+normalize_cols_serial = _serial(_normalize_cols)

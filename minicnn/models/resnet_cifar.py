@@ -11,9 +11,10 @@ Layout for depth 6n + 2 (n = 3, 5, 7, 9), input (N, 3, 32, 32):
 BasicBlock:  y = ReLU(bn2(conv2(ReLU(bn1(conv1(x))))) + shortcut(x)), 3x3
 convolutions without bias.  Shortcuts are "option A", parameter-free: the
 identity, or where the block changes shape, x subsampled with stride 2 and
-zero-padded with planes/4 channels on each side.  Each batch norm runs with what
-follows it fused into its pass (``BatchNorm2d.fused``): bn1 -> ReLU, and
-bn2 -> + shortcut -> ReLU, the same values as the separate ops.
+zero-padded with planes/4 channels on each side.  Each conv -> BN chain runs with
+what follows fused (``nn.conv_bn``): bn1 -> ReLU and bn2 -> + shortcut -> ReLU in the
+batch norm's pass while training, the whole chain in the convolution's epilogue in
+eval mode without gradients; the same values as the separate ops.
 
 Parameter names are those of github.com/akamaster/pytorch_resnet_cifar10
 without its ``module.`` prefix (``conv1.weight``, ``layer2.0.bn1.running_mean``,
@@ -66,8 +67,8 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x):
-        out = self.bn1.fused(self.conv1(x), relu=True)
-        return self.bn2.fused(self.conv2(out), residual=self.shortcut(x), relu=True)
+        out = nn.conv_bn(self.conv1, self.bn1, x, relu=True)
+        return nn.conv_bn(self.conv2, self.bn2, out, residual=self.shortcut(x), relu=True)
 
 
 class ResNetCIFAR(nn.Module):
@@ -92,7 +93,7 @@ class ResNetCIFAR(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x):
-        out = self.bn1.fused(self.conv1(x), relu=True)
+        out = nn.conv_bn(self.conv1, self.bn1, x, relu=True)
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(ops.adaptive_avg_pool2d(out, 1).flatten(1))
 

@@ -1,7 +1,8 @@
 """Containers and shape-only layers: Sequential, ModuleList, Flatten, Identity."""
 from .activation import ReLU
+from .conv import Conv2d
 from .module import Module
-from .norm import _BatchNorm
+from .norm import _BatchNorm, _folds_into, conv_bn
 from .pool import MaxPool2d
 
 
@@ -10,8 +11,10 @@ class Sequential(Module):
 
     Children are named "0", "1", ... as in PyTorch, so state-dict keys match.
 
-    Two rewrites of adjacent layers, neither of which changes a result:
+    Rewrites of adjacent layers, none of which changes a result beyond rounding:
 
+    - Conv2d -> batch norm (-> ReLU) in eval mode without gradients runs as one
+      convolution with the rest in its epilogue (``conv_bn``).
     - A batch norm followed by a ReLU runs as one fused pass, ``bn.fused(x, relu=True)``,
       unless a MaxPool2d follows: the rewrite below then saves more, as the fused
       ReLU's backward pass would run on the whole activation rather than a quarter.
@@ -50,7 +53,11 @@ class Sequential(Module):
         i = 0
         while i < len(layers):
             a, b, c = (layers[i:i + 3] + [None, None])[:3]
-            if _relu_fuses(a, b) and not _pool_commutes(b, c):
+            if type(a) is Conv2d and isinstance(b, _BatchNorm) and _folds_into(a, b):
+                relu = type(c) is ReLU and not c._forward_hooks
+                x = conv_bn(a, b, x, relu=relu)
+                i += 3 if relu else 2
+            elif _relu_fuses(a, b) and not _pool_commutes(b, c):
                 x = a.fused(x, relu=True)
                 i += 2
             elif _pool_commutes(a, b):

@@ -24,6 +24,7 @@ average of all batches so far.
 import numpy as np
 
 from .. import ops
+from ..tensor import is_grad_enabled
 from .module import Module
 from .parameter import Parameter
 
@@ -121,6 +122,36 @@ class _BatchNorm(_NormBase):
         momentum = self._tracking_factor() if self.training and self.track_running_stats else 0.0
         return ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                               training=use_batch, momentum=momentum, eps=self.eps, residual=residual, relu=relu)
+
+
+def _folds_into(conv, bn):
+    """True if ``conv_bn(conv, bn, ...)`` runs as the convolution's inference epilogue."""
+    return not (bn.training or not bn.track_running_stats or is_grad_enabled() or conv._forward_hooks
+                or bn._forward_hooks)
+
+
+def conv_bn(conv, bn, x, residual=None, relu=False):
+    """relu(bn(conv(x)) + residual), each of the last two optional: a conv -> batch norm
+    chain, with as much of it fused as the mode allows.
+
+    Eval mode (running statistics) without gradients: the batch norm is a per-channel
+    affine map, s = weight/√(running_var + eps), t = bias - running_mean·s, so the
+    whole chain is ``ops.conv2d``'s inference epilogue, relu(conv(x)·s + b_conv·s + t
+    + residual), applied to each chunk of the convolution's output while it is in cache.
+    Otherwise the convolution, then ``bn.fused``.  With forward hooks on either module
+    it runs as written, so that the hooks see each layer's own output.
+    """
+    if not _folds_into(conv, bn):
+        return bn.fused(conv(x), residual, relu)
+    scale = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale = scale * bn.weight.data
+        shift = shift * bn.weight.data + bn.bias.data
+    if conv.bias is not None:
+        shift = shift + conv.bias.data * scale
+    return ops.conv2d(x, conv.weight, shift.astype(conv.weight.dtype), conv.stride, conv.padding, conv.dilation,
+                      conv.groups, scale=scale, residual=residual, relu=relu)
 
 
 class BatchNorm1d(_BatchNorm):

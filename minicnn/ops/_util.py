@@ -1,6 +1,13 @@
 """Small helpers shared by the ops: broadcasting reduction, axis normalisation, memory layout."""
 import numpy as np
 
+from ..tensor import Tensor
+
+
+def raw(a):
+    """The ndarray behind an argument that may be a Tensor (running statistics, epilogue operands)."""
+    return a.data if isinstance(a, Tensor) else a
+
 
 def nhwc(a):
     """The memory of a channels-last (N, C, H, W) array as a C-contiguous (N, H, W, C) view, or None.

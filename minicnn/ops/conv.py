@@ -53,9 +53,10 @@ import numpy as np
 
 from .._runtime import parallel_for, scratch
 from ..kernels import conv as K
+from ..kernels.norm import normalize_cols_serial, normalize_rows_serial
 from ..kernels.reduce import column_sums
-from ..tensor import Function
-from ._util import nhwc
+from ..tensor import Function, is_grad_enabled
+from ._util import nhwc, raw
 
 # Bytes of one chunk's row matrix: big enough for efficient GEMMs, small enough that
 # a worker's rows stay in cache between im2row and the GEMMs.  At least MIN_CHUNKS
@@ -200,6 +201,32 @@ def _winograd_weight_grad(du, w_shape):
     return np.ascontiguousarray(gdg.reshape(3, C, O, 3).transpose(2, 1, 0, 3))
 
 
+def _epilogue(plan, y, scale, shift, residual, relu):
+    """The per-chunk inference epilogue of Conv2d (``post``): run(part, pre) writes
+    y[part] = relu(pre·scale + shift + residual[part]), pre being the chunk's raw result
+    in y[part]'s layout.  (Not in place: LLVM's vectorized loop refuses aliased arrays.)"""
+    zero = np.zeros(plan.O)
+    empty = np.empty((0, 0), y.dtype)
+    if plan.channels_last:                # y (N, Ho, Wo, O): one column per channel
+        res = None if residual is None else nhwc(residual)
+        if residual is not None and res is None:
+            res = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
+
+        def run(part, pre):
+            cols = pre.reshape(-1, plan.O)
+            r = empty if res is None else res[part].reshape(cols.shape)
+            normalize_cols_serial(cols, zero, scale, shift, r, relu, y[part].reshape(cols.shape))
+        return run
+    res = None if residual is None else np.ascontiguousarray(residual)
+    per_row = [np.tile(a, plan.nb) for a in (zero, scale, shift)]    # y (N, O, Ho, Wo): one row per (n, o)
+
+    def run(part, pre):
+        rows = pre.reshape(-1, plan.L)
+        r = empty if res is None else res[part].reshape(rows.shape)
+        normalize_rows_serial(rows, *(a[:rows.shape[0]] for a in per_row), r, relu, y[part].reshape(rows.shape))
+    return run
+
+
 def _rows_weight(w, groups):
     """w (O, C/G, kh, kw) as Wr (G, O/G, kh·kw·C/G): each output channel's window in row order."""
     O = w.shape[0]
@@ -211,10 +238,14 @@ class Conv2d(Function):
     """y = conv(x, w) + b (see the module docstring).  Options: ``stride`` (sh, sw),
     ``padding`` (pt, pl) top/left, ``dilation`` (dh, dw), ``groups``, ``out_hw`` (Ho, Wo);
     the bottom/right padding is implied by ``out_hw``.  Chunks of images run in
-    parallel on the worker threads of ``minicnn._runtime``."""
+    parallel on the worker threads of ``minicnn._runtime``.
+
+    ``post`` = (scale, shift, residual, relu), inference only (see ``conv2d``): each
+    chunk of the output, while it is in cache, becomes relu(y·scale + shift + residual)
+    per output channel (scale, shift float64 (O,); residual y's shape or None)."""
 
     @staticmethod
-    def forward(ctx, x, w, b, stride, padding, dilation, groups, out_hw):
+    def forward(ctx, x, w, b, stride, padding, dilation, groups, out_hw, post=None):
         w = np.ascontiguousarray(w)
         ctx.geometry = stride, padding, dilation, groups, out_hw
         ctx.has_bias, ctx.x_shape = b is not None, x.shape
@@ -236,14 +267,23 @@ class Conv2d(Function):
         wr_t = _rows_weight(w, groups).transpose(0, 2, 1)
         u = _winograd_weight(w) if plan.winograd else None
         w2 = w.reshape(O, -1)
+        epilogue = None if post is None else _epilogue(plan, y, *post)
 
         def chunk(k):
             part = plan.images(k)
+            if epilogue is None:
+                compute(part, y[part])
+            else:       # the convolution into a worker's scratch, then the epilogue from cache into y
+                pre = plan.buffer("pre", part.stop - part.start, *y.shape[1:])
+                compute(part, pre)
+                epilogue(part, pre)
+
+        def compute(part, out):           # out: y[part], or scratch of its shape
             if plan.depthwise:
-                K.depthwise(x[part], w.reshape(O, *w.shape[2:]), bias, *plan.taps, y[part])
+                K.depthwise(x[part], w.reshape(O, *w.shape[2:]), bias, *plan.taps, out)
                 return
             if plan.im2col:               # y_nᵀ = cols_nᵀ · Wrᵀ: the GEMM writes channels-last
-                yt = y[part].reshape(-1, L, O)
+                yt = out.reshape(-1, L, O)
                 np.matmul(plan.cols(x[part]).transpose(0, 2, 1), w2.T, out=yt)
                 if b is not None:
                     yt += bias
@@ -252,12 +292,12 @@ class Conv2d(Function):
                 xh = xh_all[part]
             else:
                 xh = plan.nhwc(x[part], None if keep is None else keep[part])
-            yt = y[part].reshape(-1, O)
+            yt = out.reshape(-1, O)
             if plan.winograd:
                 v = plan.winograd_input(xh)
                 m = plan.buffer("yt", 16, v.shape[1], O)
                 np.matmul(v, u, out=m)
-                K.winograd_output(m, *plan.tiles, *_WINOGRAD[x.dtype][2:], y[part])
+                K.winograd_output(m, *plan.tiles, *_WINOGRAD[x.dtype][2:], out)
             else:
                 np.matmul(plan.grouped(plan.rows(xh)), wr_t, out=plan.grouped(yt))
             if b is not None:
@@ -407,7 +447,8 @@ def check_float_input(x, layer, ndim=4, layout="(N, C, H, W)"):
         raise TypeError(f"{layer}: expected a float32 or float64 input, got {x.dtype}")
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, scale=None, residual=None,
+           relu=False):
     """2-D convolution as ``torch.nn.functional.conv2d``.
 
     x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) or None -> (N, O, Ho, Wo).
@@ -416,6 +457,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     for stride > 1 TensorFlow's rule; an odd total puts the extra pixel bottom/right).
     ``groups`` splits the channels into independent convolutions (groups == C:
     depthwise).  x, weight and bias share one dtype, float32 or float64.
+
+    Inference epilogue (a minicnn extension, as oneDNN's post-ops): with ``scale``
+    (O,), ``residual`` (the output's shape) or ``relu=True``, the result is
+    relu(conv(x)·scale + bias + residual), each part optional, computed on each chunk
+    of the output while it is in cache.  An eval-mode batch norm is such a scale and
+    bias (``minicnn.nn.conv_bn``).  No gradients flow through it: it raises if one is
+    needed.
     """
     layer = "conv2d"
     check_float_input(x, layer)
@@ -446,5 +494,25 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             raise ValueError(f"{layer}: kernel {(kh, kw)} with dilation {dilation} spans {span} pixels, more than "
                              f"the padded input {(H + sum(pads[0]), W + sum(pads[1]))} of input {tuple(x.shape)}")
         out.append((size + p0 + p1 - span) // s + 1)
-    return Conv2d.apply(x, weight, bias, stride=stride, padding=(pads[0][0], pads[1][0]),
-                        dilation=dilation, groups=int(groups), out_hw=tuple(out))
+    options = dict(stride=stride, padding=(pads[0][0], pads[1][0]), dilation=dilation, groups=int(groups),
+                   out_hw=tuple(out))
+    if scale is None and residual is None and not relu:
+        return Conv2d.apply(x, weight, bias, **options)
+    if is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (x, weight, bias, scale, residual)):
+        raise RuntimeError(f"{layer}: the scale/residual/relu epilogue is for inference and passes no "
+                           "gradient; run it inside minicnn.no_grad() or on tensors that need none")
+    _check_epilogue(layer, x, (N, O, *out), scale, residual)
+    s = np.ones(O) if scale is None else np.asarray(raw(scale), np.float64)
+    shift = np.zeros(O) if bias is None else np.asarray(raw(bias), np.float64)
+    return Conv2d.apply(x, weight, None, post=(s, shift, None if residual is None else raw(residual), bool(relu)),
+                        **options)
+
+
+def _check_epilogue(layer, x, out_shape, scale, residual):
+    """scale (O,) and residual (the output's shape, x's dtype) or None, with clear errors."""
+    if scale is not None and tuple(scale.shape) != out_shape[1:2]:
+        raise ValueError(f"{layer}: scale must have shape ({out_shape[1]},), got {tuple(scale.shape)}")
+    if residual is not None and tuple(residual.shape) != out_shape:
+        raise ValueError(f"{layer}: residual must have the output's shape {out_shape}, got {tuple(residual.shape)}")
+    if residual is not None and residual.dtype != x.dtype:
+        raise TypeError(f"{layer}: residual dtype {residual.dtype} differs from input dtype {x.dtype}")

@@ -36,8 +36,8 @@ import numpy as np
 
 from ..kernels.norm import (col_sums, grad_cols, grad_rows, normalize_cols, normalize_rows, row_grad_sums,
                             row_moments)
-from ..tensor import Function, Tensor
-from ._util import nhwc
+from ..tensor import Function
+from ._util import nhwc, raw
 from .activation import relu_grad
 
 
@@ -244,11 +244,6 @@ class LayerNorm(Function):
         return gx, gw, gb
 
 
-def _raw(a):
-    """The ndarray behind a running-statistics argument (ndarray or Tensor)."""
-    return a.data if isinstance(a, Tensor) else a
-
-
 def _channels(name, x, min_ndim=2):
     """C of an (N, C, *) input, with a clear error for too few axes."""
     if x.ndim < min_ndim:
@@ -296,11 +291,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         if input.size // max(C, 1) <= 1:
             raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
                              f"got input shape {tuple(input.shape)}")
-        running = None if running_mean is None else (_raw(running_mean), _raw(running_var), momentum)
+        running = None if running_mean is None else (raw(running_mean), raw(running_var), momentum)
         return ChannelNorm.apply(input, weight, bias, residual, running=running, **fused)
     if running_mean is None:
         raise ValueError("batch_norm: running_mean and running_var are needed when training=False")
-    return ChannelNorm.apply(input, weight, bias, residual, stats=(_raw(running_mean), _raw(running_var)), **fused)
+    return ChannelNorm.apply(input, weight, bias, residual, stats=(raw(running_mean), raw(running_var)), **fused)
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
@@ -320,12 +315,12 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         if input.size // max(input.shape[0] * C, 1) <= 1:
             raise ValueError(f"instance_norm: expected more than 1 spatial element per channel, "
                              f"got input shape {tuple(input.shape)}")
-        running = None if running_mean is None else (_raw(running_mean), _raw(running_var), momentum)
+        running = None if running_mean is None else (raw(running_mean), raw(running_var), momentum)
         return ChannelNorm.apply(input, weight, bias, groups=C, over_batch=False, eps=eps, running=running)
     if running_mean is None:
         raise ValueError("instance_norm: running_mean and running_var are needed when use_input_stats=False")
     return ChannelNorm.apply(input, weight, bias, groups=C, over_batch=True, eps=eps,
-                             stats=(_raw(running_mean), _raw(running_var)))
+                             stats=(raw(running_mean), raw(running_var)))
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
