@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
+from minicnn.nn import norm as nn_norm
 
 # kind -> (fused op with signature (x, w, b, groups, eps), axes of the statistics after the
 # (N, G, C/G, S) view used by the composed reference)
@@ -293,6 +294,11 @@ def test_conv_bn_folds_an_eval_batch_norm_into_the_convolution(affine, conv_bias
     np.testing.assert_allclose(got.data, want.data, rtol=1e-12, atol=1e-12)
     got.sum().backward()
     assert conv.weight.grad is not None and np.abs(conv.weight.grad).max() > 0
+    assert not nn_norm._folds_into(conv, bn, x, res)
+    conv.requires_grad_(False)
+    bn.requires_grad_(False)                       # a frozen backbone: folded with gradients on, too
+    assert nn_norm._folds_into(conv, bn, x, res)
+    np.testing.assert_allclose(nn.conv_bn(conv, bn, x, res, relu=True).data, want.data, rtol=1e-12, atol=1e-12)
 
 
 def test_sequential_folds_conv_bn_relu_in_eval_without_gradients(rng):

@@ -64,7 +64,7 @@ class ConvBNAct(nn.Module):
         self.act = act
 
     def forward(self, x):
-        y = self.bn(self.conv(x))
+        y = nn.conv_bn(self.conv, self.bn, x)       # in inference, BN folded into the conv's epilogue
         return ops.relu6(y) if self.act else y
 
     def extra_repr(self):

@@ -13,8 +13,8 @@ class Sequential(Module):
 
     Rewrites of adjacent layers, none of which changes a result beyond rounding:
 
-    - Conv2d -> batch norm (-> ReLU) in eval mode without gradients runs as one
-      convolution with the rest in its epilogue (``conv_bn``).
+    - Conv2d -> batch norm (-> ReLU) in eval mode, where no gradient is wanted, runs as
+      one convolution with the rest in its epilogue (``conv_bn``).
     - A batch norm followed by a ReLU runs as one fused pass, ``bn.fused(x, relu=True)``,
       unless a MaxPool2d follows: the rewrite below then saves more, as the fused
       ReLU's backward pass would run on the whole activation rather than a quarter.
@@ -53,7 +53,7 @@ class Sequential(Module):
         i = 0
         while i < len(layers):
             a, b, c = (layers[i:i + 3] + [None, None])[:3]
-            if type(a) is Conv2d and isinstance(b, _BatchNorm) and _folds_into(a, b):
+            if type(a) is Conv2d and isinstance(b, _BatchNorm) and _folds_into(a, b, x):
                 relu = type(c) is ReLU and not c._forward_hooks
                 x = conv_bn(a, b, x, relu=relu)
                 i += 3 if relu else 2

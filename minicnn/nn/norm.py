@@ -124,9 +124,12 @@ class _BatchNorm(_NormBase):
                               training=use_batch, momentum=momentum, eps=self.eps, residual=residual, relu=relu)
 
 
-def _folds_into(conv, bn):
-    """True if ``conv_bn(conv, bn, ...)`` runs as the convolution's inference epilogue."""
-    return not (bn.training or not bn.track_running_stats or is_grad_enabled() or conv._forward_hooks
+def _folds_into(conv, bn, *inputs):
+    """True if ``conv_bn(conv, bn, *inputs)`` runs as the convolution's inference epilogue:
+    running statistics, no forward hooks, and no gradient wanted for any of its tensors."""
+    tensors = (conv.weight, conv.bias, bn.weight, bn.bias) + inputs
+    wants_grad = is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
+    return not (bn.training or not bn.track_running_stats or wants_grad or conv._forward_hooks
                 or bn._forward_hooks)
 
 
@@ -134,14 +137,15 @@ def conv_bn(conv, bn, x, residual=None, relu=False):
     """relu(bn(conv(x)) + residual), each of the last two optional: a conv -> batch norm
     chain, with as much of it fused as the mode allows.
 
-    Eval mode (running statistics) without gradients: the batch norm is a per-channel
+    Eval mode (running statistics), where no gradient is wanted (inside ``no_grad``, or
+    a frozen part of a network): the batch norm is a per-channel
     affine map, s = weight/√(running_var + eps), t = bias - running_mean·s, so the
     whole chain is ``ops.conv2d``'s inference epilogue, relu(conv(x)·s + b_conv·s + t
     + residual), applied to each chunk of the convolution's output while it is in cache.
     Otherwise the convolution, then ``bn.fused``.  With forward hooks on either module
     it runs as written, so that the hooks see each layer's own output.
     """
-    if not _folds_into(conv, bn):
+    if not _folds_into(conv, bn, x, residual):
         return bn.fused(conv(x), residual, relu)
     scale = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
     shift = -bn.running_mean * scale
