@@ -191,7 +191,9 @@ def test_dtype_errors():
 def test_inference_epilogue_errors():
     x, w = np.ones((1, 2, 4, 4), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(RuntimeError, match="epilogue is for inference and passes no gradient"):
-        ops.conv2d(tensor(x, requires_grad=True), tensor(w), relu=True)
+        ops.conv2d(tensor(x, requires_grad=True), tensor(w), activation="relu")
+    with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6', got 'gelu'"):
+        ops.conv2d(tensor(x), tensor(w), activation="gelu")
     with pytest.raises(ValueError, match=r"scale must have shape \(3,\), got \(2,\)"):
         ops.conv2d(tensor(x), tensor(w), scale=np.ones(2))
     with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 3, 2, 2\), got \(1, 3, 4, 4\)"):
@@ -199,7 +201,7 @@ def test_inference_epilogue_errors():
     with pytest.raises(TypeError, match="residual dtype float64 differs from input dtype float32"):
         ops.conv2d(tensor(x), tensor(w), residual=np.ones((1, 3, 2, 2)))
     with minicnn.no_grad():                        # no gradient wanted: fine
-        assert ops.conv2d(tensor(x, requires_grad=True), tensor(w), relu=True).shape == (1, 3, 2, 2)
+        assert ops.conv2d(tensor(x, requires_grad=True), tensor(w), activation="relu").shape == (1, 3, 2, 2)
 
 
 def test_module_init_shapes_and_repr():

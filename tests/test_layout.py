@@ -134,7 +134,7 @@ def test_relu_gradient_in_the_other_layout(rng):
 @pytest.mark.parametrize("route", ["im2row", "winograd", "pointwise", "im2col", "depthwise"])
 @pytest.mark.parametrize("res_layout", ["C", "channels-last"])
 def test_conv_inference_epilogue_equals_separate_ops(route, res_layout, monkeypatch, rng):
-    """conv2d(..., scale, residual, relu) applies relu(conv·scale + bias + residual) per
+    """conv2d(..., scale, residual, activation) applies act(conv·scale + bias + residual) per
     chunk in cache (the raw result in a worker's scratch): the separate ops' values in
     float64, on every route, with the residual in either layout, each part optional."""
     C, O, k, groups = {"im2row": (4, 6, 3, 1), "winograd": (4, 6, 3, 1), "pointwise": (4, 6, 1, 1),
@@ -146,11 +146,13 @@ def test_conv_inference_epilogue_equals_separate_ops(route, res_layout, monkeypa
     w, b, s = rng.standard_normal((O, C // groups, k, k)), rng.standard_normal(O), rng.standard_normal(O)
     r = rng.standard_normal((5, O, 7, 6))
     r = as_channels_last(r) if res_layout == "channels-last" else r
+    w = w * 3                                    # outputs beyond 6, for ReLU6
     y = ops.conv2d(tensor(x), tensor(w), padding=k // 2, groups=groups).data
-    for scale, bias, res, relu in [(s, b, r, True), (s, None, None, False), (None, b, r, False), (None, None, None, True)]:
+    clamp = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0), "relu6": lambda v: np.clip(v, 0, 6)}
+    for scale, bias, res, act in [(s, b, r, "relu"), (s, None, None, None), (None, b, r, "relu6"), (None, None, None, "relu")]:
         want = y * (1 if scale is None else scale[:, None, None]) + (0 if bias is None else b[:, None, None])
-        want = np.maximum(want + (0 if res is None else res), 0) if relu else want + (0 if res is None else res)
+        want = clamp[act](want + (0 if res is None else res))
         got = ops.conv2d(tensor(x), tensor(w), None if bias is None else tensor(bias), padding=k // 2, groups=groups,
-                         scale=scale, residual=res, relu=relu).data
+                         scale=scale, residual=res, activation=act).data
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         assert channels_last(got) == (route != "depthwise")

@@ -288,9 +288,9 @@ def test_conv_bn_folds_an_eval_batch_norm_into_the_convolution(affine, conv_bias
     x, res = tensor(rng.standard_normal((3, 3, 5, 6))), tensor(rng.standard_normal((3, 4, 5, 6)))
     want = ops.relu(bn(conv(x)) + res)
     with minicnn.no_grad():
-        np.testing.assert_allclose(nn.conv_bn(conv, bn, x, res, relu=True).data, want.data, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(nn.conv_bn(conv, bn, x, res, activation="relu").data, want.data, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(nn.conv_bn(conv, bn, x).data, bn(conv(x)).data, rtol=1e-12, atol=1e-12)
-    got = nn.conv_bn(conv, bn, x, res, relu=True)                 # gradients wanted: not folded
+    got = nn.conv_bn(conv, bn, x, res, activation="relu")                 # gradients wanted: not folded
     np.testing.assert_allclose(got.data, want.data, rtol=1e-12, atol=1e-12)
     got.sum().backward()
     assert conv.weight.grad is not None and np.abs(conv.weight.grad).max() > 0
@@ -298,7 +298,7 @@ def test_conv_bn_folds_an_eval_batch_norm_into_the_convolution(affine, conv_bias
     conv.requires_grad_(False)
     bn.requires_grad_(False)                       # a frozen backbone: folded with gradients on, too
     assert nn_norm._folds_into(conv, bn, x, res)
-    np.testing.assert_allclose(nn.conv_bn(conv, bn, x, res, relu=True).data, want.data, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(nn.conv_bn(conv, bn, x, res, activation="relu").data, want.data, rtol=1e-12, atol=1e-12)
 
 
 def test_sequential_folds_conv_bn_relu_in_eval_without_gradients(rng):

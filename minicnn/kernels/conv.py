@@ -31,6 +31,8 @@ negative wraparound, which can stop LLVM from vectorizing (up to ~4x slower here
 import numpy as np
 from numba import njit
 
+from .norm import epilogue
+
 _u = np.uint64  # never-negative indices skip the wraparound check; arithmetic stays signed
 
 
@@ -151,21 +153,22 @@ def _valid_span(o_count, stride, pad, offset, size):
     return lo, max(lo, hi)
 
 
-def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, y):
-    """y[n, o] = bias[o] + Σ_ij w[o, i, j] · x[n, o // mult] shifted; x (nb, C, H, W),
-    w (O, kh, kw), bias (O,) or empty, y (nb, O, Ho, Wo), mult = O / C."""
+def _depthwise(x, w, scale, shift, res, low, high, sh, sw, ph, pw, dh, dw, y):
+    """y[n, o] = clamp(scale[o]·Σ_ij w[o, i, j] · x[n, o // mult] shifted + shift[o] + res[n, o], low, high);
+    x (nb, C, H, W), w (O, kh, kw), scale and shift float64 (O,), res y's shape or empty,
+    y (nb, O, Ho, Wo), mult = O / C.  (A plain convolution: scale 1, shift the bias, no
+    clamping.)  The epilogue runs on each output plane while it is in cache."""
     nb, C, H, W = x.shape
     O, kh, kw = w.shape
     Ho, Wo = y.shape[2], y.shape[3]
     mult = O // C
-    has_bias = bias.shape[0] > 0
+    add = res.size > 0
     for n in range(nb):
         for o in range(O):
             c = o // mult
-            b = bias[o] if has_bias else 0
             for oh in range(Ho):
                 for ow in range(Wo):
-                    y[_u(n), _u(o), _u(oh), _u(ow)] = b
+                    y[_u(n), _u(o), _u(oh), _u(ow)] = 0
             for i in range(kh):
                 for j in range(kw):
                     wv = w[o, i, j]
@@ -177,6 +180,15 @@ def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, y):
                         iw0 = lo * sw - pw + j * dw
                         for q in range(hi - lo):
                             y[_u(n), _u(o), _u(oh), _u(lo + q)] += wv * x[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)]
+            a, b = scale[o], shift[o]
+            plane = y[n, o].reshape(-1)
+            if add:
+                r = res[n, o].reshape(-1)
+                for q in range(plane.size):
+                    plane[_u(q)] = epilogue(np.float64(plane[_u(q)]) * a + b, np.float64(r[_u(q)]), low, high)
+            else:
+                for q in range(plane.size):
+                    plane[_u(q)] = epilogue(np.float64(plane[_u(q)]) * a + b, 0.0, low, high)
 
 
 def _depthwise_backward(x, w, gy, sh, sw, ph, pw, dh, dw, gx, gw):

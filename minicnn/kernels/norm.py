@@ -7,7 +7,7 @@ with float64 accumulators whatever the input dtype; the per-row results are
 small arrays that ``minicnn.ops.norm`` combines into per-group statistics.
 
     row_moments:    mean_r = Σ x / L,  m2_r = Σ (x - mean_r)²           (one pass)
-    normalize_rows: out = (x - mean_r)·scale_r + shift_r  [+ res]  [then ReLU]
+    normalize_rows: out = (x - mean_r)·scale_r + shift_r  [+ res]  [clamped: ReLU, ReLU6]
     row_grad_sums:  sg_r = Σ g,  sgx_r = Σ g·(x - mean_r)                (one pass)
     grad_rows:      out = alpha_r·g + beta_r·(x - mean_r) + gamma_r
 
@@ -48,17 +48,20 @@ def _row_moments(x, mean, m2):
         m2[r] = max(ss - s * s / L, 0.0)
 
 
-def _epilogue(v, res, relu):
-    """v + res (res = 0.0 when there is no residual), then ReLU if ``relu`` (NaN kept, as PyTorch)."""
+def _epilogue(v, res, lo, hi):
+    """v + res (res = 0.0 when there is no residual), clamped to [lo, hi] with NaN kept
+    (as PyTorch): ReLU is (0, inf), ReLU6 (0, 6), no activation (-inf, inf)."""
     v += res
-    if relu and not v > 0 and v == v:
-        return 0.0
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
     return v
 
 
-def _normalize_rows(x, mean, scale, shift, res, relu, out):
+def _normalize_rows(x, mean, scale, shift, res, lo, hi, out):
     """out[r, i] = (x[r, i] - mean[r])·scale[r] + shift[r], plus res[r, i] if res is not
-    empty, through ReLU if ``relu``; out may be x."""
+    empty, clamped to [lo, hi]; out may be x."""
     R, L = x.shape
     add = res.size > 0
     for r in prange(R):
@@ -66,7 +69,7 @@ def _normalize_rows(x, mean, scale, shift, res, relu, out):
         a = scale[r]
         b = shift[r]
         for i in range(L):
-            out[r, i] = epilogue((np.float64(x[r, i]) - m) * a + b, np.float64(res[r, i]) if add else 0.0, relu)
+            out[r, i] = epilogue((np.float64(x[r, i]) - m) * a + b, np.float64(res[r, i]) if add else 0.0, lo, hi)
 
 
 def _row_grad_sums(g, x, mean, sg, sgx):
@@ -131,15 +134,15 @@ def _col_sums(u, k, x, m, s1, s2):
                 s2[t, c] += a * (np.float64(x[q, c]) - m[c])
 
 
-def _normalize_cols(x, mean, scale, shift, res, relu, out):
+def _normalize_cols(x, mean, scale, shift, res, lo, hi, out):
     """out[p, c] = (x[p, c] - mean[c])·scale[c] + shift[c], plus res[p, c] if res is not
-    empty, through ReLU if ``relu``;  x, res, out (P, C)."""
+    empty, clamped to [lo, hi];  x, res, out (P, C)."""
     P, C = x.shape
     add = res.size > 0
     for p in prange(P):
         for c in range(C):
             out[p, c] = epilogue((np.float64(x[p, c]) - mean[c]) * scale[c] + shift[c],
-                                 np.float64(res[p, c]) if add else 0.0, relu)
+                                 np.float64(res[p, c]) if add else 0.0, lo, hi)
 
 
 def _grad_cols(g, x, mean, alpha, beta, gamma, out):
@@ -169,5 +172,4 @@ def _serial(fn):
     return njit(cache=True, nogil=True, fastmath=_FLAGS["fastmath"])(twin)
 
 
-normalize_rows_serial = _serial(_normalize_rows)
 normalize_cols_serial = _serial(_normalize_cols)

@@ -38,7 +38,7 @@ maps the PyTorch port's names (``_conv_stem``, ``_blocks.3._bn1``, ``_fc``) onto
 """
 import numpy as np
 
-from .. import nn, ops
+from .. import nn
 from .pretrained import load_efficientnet_lite0
 
 __all__ = ["LITE0_STAGES", "ConvBNAct", "MBConv", "EfficientNetLite",
@@ -64,8 +64,8 @@ class ConvBNAct(nn.Module):
         self.act = act
 
     def forward(self, x):
-        y = nn.conv_bn(self.conv, self.bn, x)       # in inference, BN folded into the conv's epilogue
-        return ops.relu6(y) if self.act else y
+        # In inference, BN and ReLU6 run in the convolution's epilogue.
+        return nn.conv_bn(self.conv, self.bn, x, activation="relu6" if self.act else None)
 
     def extra_repr(self):
         return "ReLU6" if self.act else "linear"

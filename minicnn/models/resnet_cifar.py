@@ -67,8 +67,8 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x):
-        out = nn.conv_bn(self.conv1, self.bn1, x, relu=True)
-        return nn.conv_bn(self.conv2, self.bn2, out, residual=self.shortcut(x), relu=True)
+        out = nn.conv_bn(self.conv1, self.bn1, x, activation="relu")
+        return nn.conv_bn(self.conv2, self.bn2, out, residual=self.shortcut(x), activation="relu")
 
 
 class ResNetCIFAR(nn.Module):
@@ -93,7 +93,7 @@ class ResNetCIFAR(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x):
-        out = nn.conv_bn(self.conv1, self.bn1, x, relu=True)
+        out = nn.conv_bn(self.conv1, self.bn1, x, activation="relu")
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(ops.adaptive_avg_pool2d(out, 1).flatten(1))
 

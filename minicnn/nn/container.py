@@ -1,5 +1,5 @@
 """Containers and shape-only layers: Sequential, ModuleList, Flatten, Identity."""
-from .activation import ReLU
+from .activation import ReLU, ReLU6
 from .conv import Conv2d
 from .module import Module
 from .norm import _BatchNorm, _folds_into, conv_bn
@@ -13,7 +13,7 @@ class Sequential(Module):
 
     Rewrites of adjacent layers, none of which changes a result beyond rounding:
 
-    - Conv2d -> batch norm (-> ReLU) in eval mode, where no gradient is wanted, runs as
+    - Conv2d -> batch norm (-> ReLU or ReLU6) in eval mode, where no gradient is wanted, runs as
       one convolution with the rest in its epilogue (``conv_bn``).
     - A batch norm followed by a ReLU runs as one fused pass, ``bn.fused(x, relu=True)``,
       unless a MaxPool2d follows: the rewrite below then saves more, as the fused
@@ -54,9 +54,9 @@ class Sequential(Module):
         while i < len(layers):
             a, b, c = (layers[i:i + 3] + [None, None])[:3]
             if type(a) is Conv2d and isinstance(b, _BatchNorm) and _folds_into(a, b, x):
-                relu = type(c) is ReLU and not c._forward_hooks
-                x = conv_bn(a, b, x, relu=relu)
-                i += 3 if relu else 2
+                act = {ReLU: "relu", ReLU6: "relu6"}.get(type(c)) if c is not None and not c._forward_hooks else None
+                x = conv_bn(a, b, x, activation=act)
+                i += 2 if act is None else 3
             elif _relu_fuses(a, b) and not _pool_commutes(b, c):
                 x = a.fused(x, relu=True)
                 i += 2

@@ -133,20 +133,22 @@ def _folds_into(conv, bn, *inputs):
                 or bn._forward_hooks)
 
 
-def conv_bn(conv, bn, x, residual=None, relu=False):
-    """relu(bn(conv(x)) + residual), each of the last two optional: a conv -> batch norm
-    chain, with as much of it fused as the mode allows.
+def conv_bn(conv, bn, x, residual=None, activation=None):
+    """act(bn(conv(x)) + residual), each of the last two optional (``activation`` None,
+    'relu' or 'relu6'): a conv -> batch norm chain, with as much of it fused as the mode
+    allows.
 
     Eval mode (running statistics), where no gradient is wanted (inside ``no_grad``, or
     a frozen part of a network): the batch norm is a per-channel
     affine map, s = weight/√(running_var + eps), t = bias - running_mean·s, so the
-    whole chain is ``ops.conv2d``'s inference epilogue, relu(conv(x)·s + b_conv·s + t
+    whole chain is ``ops.conv2d``'s inference epilogue, act(conv(x)·s + b_conv·s + t
     + residual), applied to each chunk of the convolution's output while it is in cache.
-    Otherwise the convolution, then ``bn.fused``.  With forward hooks on either module
+    Otherwise the convolution, then ``bn.fused`` (and ReLU6 on its own).  With forward hooks on either module
     it runs as written, so that the hooks see each layer's own output.
     """
     if not _folds_into(conv, bn, x, residual):
-        return bn.fused(conv(x), residual, relu)
+        y = bn.fused(conv(x), residual, relu=activation == "relu")
+        return ops.relu6(y) if activation == "relu6" else y
     scale = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
     shift = -bn.running_mean * scale
     if bn.affine:
@@ -155,7 +157,7 @@ def conv_bn(conv, bn, x, residual=None, relu=False):
     if conv.bias is not None:
         shift = shift + conv.bias.data * scale
     return ops.conv2d(x, conv.weight, shift.astype(conv.weight.dtype), conv.stride, conv.padding, conv.dilation,
-                      conv.groups, scale=scale, residual=residual, relu=relu)
+                      conv.groups, scale=scale, residual=residual, activation=activation)
 
 
 class BatchNorm1d(_BatchNorm):

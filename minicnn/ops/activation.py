@@ -9,6 +9,10 @@ from ..kernels.special import erf
 from ..tensor import Function
 from ._util import nhwc
 
+# The activations that fused epilogues apply (batch norm's, the convolution's), as
+# clamping bounds [lo, hi]: see kernels.norm.epilogue.
+CLAMPS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
+
 _SLICE = 1 << 16   # elements per worker task at least: below that, threads cost more than they save
 
 

@@ -53,10 +53,11 @@ import numpy as np
 
 from .._runtime import parallel_for, scratch
 from ..kernels import conv as K
-from ..kernels.norm import normalize_cols_serial, normalize_rows_serial
+from ..kernels.norm import normalize_cols_serial
 from ..kernels.reduce import column_sums
 from ..tensor import Function, is_grad_enabled
 from ._util import nhwc, raw
+from .activation import CLAMPS
 
 # Bytes of one chunk's row matrix: big enough for efficient GEMMs, small enough that
 # a worker's rows stay in cache between im2row and the GEMMs.  At least MIN_CHUNKS
@@ -81,7 +82,7 @@ WINOGRAD_MIN_CHANNELS = 64
 IM2COL_MAX_K = 32
 _FLOATS = (np.float32, np.float64)
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
-_EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (3, 4)} for t in _FLOATS}   # "no gradient wanted"
+_EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (2, 3, 4)} for t in _FLOATS}   # "no gradient wanted", "no residual"
 
 
 def _chunk_images(n, row_bytes_per_image):
@@ -201,29 +202,21 @@ def _winograd_weight_grad(du, w_shape):
     return np.ascontiguousarray(gdg.reshape(3, C, O, 3).transpose(2, 1, 0, 3))
 
 
-def _epilogue(plan, y, scale, shift, residual, relu):
-    """The per-chunk inference epilogue of Conv2d (``post``): run(part, pre) writes
-    y[part] = relu(pre·scale + shift + residual[part]), pre being the chunk's raw result
-    in y[part]'s layout.  (Not in place: LLVM's vectorized loop refuses aliased arrays.)"""
+def _epilogue(plan, y, scale, shift, residual, activation):
+    """The per-chunk inference epilogue of a channels-last Conv2d (``post``): run(part, pre)
+    writes y[part] = act(pre·scale + shift + residual[part]), pre being the chunk's raw
+    NHWC result.  (Not in place: LLVM's vectorized loop refuses aliased arrays.  The
+    depthwise kernel applies the epilogue itself.)"""
     zero = np.zeros(plan.O)
-    empty = np.empty((0, 0), y.dtype)
-    if plan.channels_last:                # y (N, Ho, Wo, O): one column per channel
-        res = None if residual is None else nhwc(residual)
-        if residual is not None and res is None:
-            res = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
-
-        def run(part, pre):
-            cols = pre.reshape(-1, plan.O)
-            r = empty if res is None else res[part].reshape(cols.shape)
-            normalize_cols_serial(cols, zero, scale, shift, r, relu, y[part].reshape(cols.shape))
-        return run
-    res = None if residual is None else np.ascontiguousarray(residual)
-    per_row = [np.tile(a, plan.nb) for a in (zero, scale, shift)]    # y (N, O, Ho, Wo): one row per (n, o)
+    lo, hi = CLAMPS[activation]
+    res = None if residual is None else nhwc(residual)
+    if residual is not None and res is None:
+        res = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
 
     def run(part, pre):
-        rows = pre.reshape(-1, plan.L)
-        r = empty if res is None else res[part].reshape(rows.shape)
-        normalize_rows_serial(rows, *(a[:rows.shape[0]] for a in per_row), r, relu, y[part].reshape(rows.shape))
+        cols = pre.reshape(-1, plan.O)
+        r = _EMPTY[y.dtype][2] if res is None else res[part].reshape(cols.shape)
+        normalize_cols_serial(cols, zero, scale, shift, r, lo, hi, y[part].reshape(cols.shape))
     return run
 
 
@@ -240,9 +233,10 @@ class Conv2d(Function):
     the bottom/right padding is implied by ``out_hw``.  Chunks of images run in
     parallel on the worker threads of ``minicnn._runtime``.
 
-    ``post`` = (scale, shift, residual, relu), inference only (see ``conv2d``): each
-    chunk of the output, while it is in cache, becomes relu(y·scale + shift + residual)
-    per output channel (scale, shift float64 (O,); residual y's shape or None)."""
+    ``post`` = (scale, shift, residual, activation), inference only (see ``conv2d``):
+    each chunk of the output, while it is in cache, becomes act(y·scale + shift + residual)
+    per output channel (scale, shift float64 (O,); residual y's shape or None;
+    activation a key of ``ops.activation.CLAMPS``)."""
 
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups, out_hw, post=None):
@@ -267,7 +261,11 @@ class Conv2d(Function):
         wr_t = _rows_weight(w, groups).transpose(0, 2, 1)
         u = _winograd_weight(w) if plan.winograd else None
         w2 = w.reshape(O, -1)
-        epilogue = None if post is None else _epilogue(plan, y, *post)
+        epilogue = None if post is None or plan.depthwise else _epilogue(plan, y, *post)
+        if plan.depthwise:                # the kernel applies the bias, or the epilogue, itself
+            d_scale, d_shift, d_res, act = post or (np.ones(O), np.zeros(O) if b is None else b.astype(np.float64),
+                                                    None, None)
+            d_res = _EMPTY[x.dtype][4] if d_res is None else np.ascontiguousarray(d_res)
 
         def chunk(k):
             part = plan.images(k)
@@ -280,7 +278,8 @@ class Conv2d(Function):
 
         def compute(part, out):           # out: y[part], or scratch of its shape
             if plan.depthwise:
-                K.depthwise(x[part], w.reshape(O, *w.shape[2:]), bias, *plan.taps, out)
+                K.depthwise(x[part], w.reshape(O, *w.shape[2:]), d_scale, d_shift,
+                            d_res[part] if d_res.size else d_res, *CLAMPS[act], *plan.taps, out)
                 return
             if plan.im2col:               # y_nᵀ = cols_nᵀ · Wrᵀ: the GEMM writes channels-last
                 yt = out.reshape(-1, L, O)
@@ -448,7 +447,7 @@ def check_float_input(x, layer, ndim=4, layout="(N, C, H, W)"):
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, scale=None, residual=None,
-           relu=False):
+           activation=None):
     """2-D convolution as ``torch.nn.functional.conv2d``.
 
     x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) or None -> (N, O, Ho, Wo).
@@ -459,8 +458,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
     depthwise).  x, weight and bias share one dtype, float32 or float64.
 
     Inference epilogue (a minicnn extension, as oneDNN's post-ops): with ``scale``
-    (O,), ``residual`` (the output's shape) or ``relu=True``, the result is
-    relu(conv(x)·scale + bias + residual), each part optional, computed on each chunk
+    (O,), ``residual`` (the output's shape) or ``activation`` ('relu' or 'relu6'), the
+    result is act(conv(x)·scale + bias + residual), each part optional, computed on each chunk
     of the output while it is in cache.  An eval-mode batch norm is such a scale and
     bias (``minicnn.nn.conv_bn``).  No gradients flow through it: it raises if one is
     needed.
@@ -496,15 +495,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, s
         out.append((size + p0 + p1 - span) // s + 1)
     options = dict(stride=stride, padding=(pads[0][0], pads[1][0]), dilation=dilation, groups=int(groups),
                    out_hw=tuple(out))
-    if scale is None and residual is None and not relu:
+    if activation not in CLAMPS:
+        raise ValueError(f"{layer}: activation must be None, 'relu' or 'relu6', got {activation!r}")
+    if scale is None and residual is None and activation is None:
         return Conv2d.apply(x, weight, bias, **options)
     if is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (x, weight, bias, scale, residual)):
-        raise RuntimeError(f"{layer}: the scale/residual/relu epilogue is for inference and passes no "
+        raise RuntimeError(f"{layer}: the scale/residual/activation epilogue is for inference and passes no "
                            "gradient; run it inside minicnn.no_grad() or on tensors that need none")
     _check_epilogue(layer, x, (N, O, *out), scale, residual)
     s = np.ones(O) if scale is None else np.asarray(raw(scale), np.float64)
     shift = np.zeros(O) if bias is None else np.asarray(raw(bias), np.float64)
-    return Conv2d.apply(x, weight, None, post=(s, shift, None if residual is None else raw(residual), bool(relu)),
+    return Conv2d.apply(x, weight, None, post=(s, shift, None if residual is None else raw(residual), activation),
                         **options)
 
 

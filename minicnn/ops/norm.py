@@ -38,7 +38,7 @@ from ..kernels.norm import (col_sums, grad_cols, grad_rows, normalize_cols, norm
                             row_moments)
 from ..tensor import Function
 from ._util import nhwc, raw
-from .activation import relu_grad
+from .activation import CLAMPS, relu_grad
 
 
 _NO_RESIDUAL = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
@@ -85,7 +85,8 @@ def _normalize(rows, mean_r, scale_r, shift_r, dtype, columns=False, res=None, r
     through ReLU if ``relu``; as a new array of ``dtype``."""
     out = np.empty(rows.shape, dtype)
     res = _NO_RESIDUAL[np.dtype(dtype)] if res is None else res
-    (normalize_cols if columns else normalize_rows)(rows, mean_r, scale_r, shift_r, res, relu, out)
+    (normalize_cols if columns else normalize_rows)(rows, mean_r, scale_r, shift_r, res,
+                                                    *CLAMPS["relu" if relu else None], out)
     return out
 
 
