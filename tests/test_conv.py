@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
+from minicnn.kernels import conv as kernels
 from minicnn.ops import conv as conv_mod
 
 
@@ -126,6 +127,28 @@ def test_partial_gradients(need, stride, chunking, route):
             np.testing.assert_allclose(p.grad, f.grad, rtol=1e-12, atol=1e-12)
         else:
             assert p.grad is None
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_im2col_same_width_fast_path_matches_a_padded_reference(data):
+    """Stride 1 with Wo == W takes im2col's shifted-plane copy: every tap's columns equal
+    the zero-padded image read at the tap's offset, for any kernel, dilation and padding
+    (including more padding than the kernel reaches, and unequal top/bottom, left/right)."""
+    kh, kw, dh, dw = (data.draw(st.integers(1, 3)) for _ in range(4))
+    H, W = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    pw = data.draw(st.integers(0, dw * (kw - 1)))                    # left; right makes Wo == W
+    ph, pb = data.draw(st.integers(0, 4)), data.draw(st.integers(0, 4))
+    Ho = H + ph + pb - dh * (kh - 1)
+    if Ho < 1:
+        pb += 1 - Ho
+        Ho = 1
+    x = np.random.default_rng(data.draw(st.integers(0, 999))).standard_normal((2, 2, H, W))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, pb), (pw, dw * (kw - 1) - pw)))
+    want = np.stack([xp[:, :, i * dh:i * dh + Ho, j * dw:j * dw + W] for i in range(kh) for j in range(kw)], axis=2)
+    cols = np.full((2, 2 * kh * kw, Ho * W), np.nan)
+    kernels.im2col(x, kh, kw, 1, 1, ph, pw, dh, dw, Ho, W, cols)
+    np.testing.assert_array_equal(cols, want.reshape(2, 2 * kh * kw, Ho * W))
 
 
 def test_pointwise_path_matches_loops():

@@ -241,13 +241,23 @@ depthwise_backward = njit(cache=True, nogil=True)(_depthwise_backward)
 # produce NCHW with no transpose.
 
 def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, cols):
-    """x (nb, C, H, W) -> cols (nb, C*kh*kw, Ho*Wo) as above, zero in the padding."""
+    """x (nb, C, H, W) -> cols (nb, C*kh*kw, Ho*Wo) as above, zero in the padding.
+
+    With stride 1 and Wo == W ('same' width), a tap's column block is the image plane
+    shifted by a constant flat offset d = (i·dh - ph)·W + (j·dw - pw): one long copy over
+    the valid output rows, then the |shift| border columns of each row (which the copy
+    filled from the neighbouring row) set to zero.  Rows of 32 pixels made the general
+    loop pay its overhead every 32 values."""
     nb, C, H, W = x.shape
+    flat = sh == 1 and sw == 1 and Wo == W
     for n in range(nb):
         for c in range(C):
             for i in range(kh):
                 for j in range(kw):
                     k = (c * kh + i) * kw + j
+                    if flat:
+                        shifted_plane(x[n, c].reshape(-1), i * dh - ph, j * dw - pw, Ho, W, cols[n, k])
+                        continue
                     lo, hi = valid_span(Wo, sw, pw, j * dw, W)
                     iw0 = lo * sw - pw + j * dw
                     for oh in range(Ho):
@@ -260,6 +270,28 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, cols):
                             cols[_u(n), _u(k), _u(r + q)] = 0
                         for q in range(hi_ - lo_):
                             cols[_u(n), _u(k), _u(r + lo + q)] = x[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)]
+
+
+def _shifted_plane(xf, row_shift, col_shift, Ho, W, out):
+    """out[oh·W + ow] = xf[(oh + row_shift)·W + ow + col_shift], zero where that pixel is
+    outside the H x W plane xf (flat); out has Ho·W entries."""
+    H = xf.size // W
+    oh0, oh1 = max(0, -row_shift), min(Ho, H - row_shift)     # output rows whose input row exists
+    oh1 = max(oh0, oh1)
+    d = row_shift * W + col_shift
+    q0, q1 = max(oh0 * W, -d), min(oh1 * W, xf.size - d)
+    for q in range(oh0 * W):
+        out[_u(q)] = 0
+    for q in range(oh0 * W, q0):
+        out[_u(q)] = 0
+    for q in range(q0, q1):
+        out[_u(q)] = xf[_u(q + d)]
+    for q in range(max(q1, oh0 * W), Ho * W):
+        out[_u(q)] = 0
+    a, b = (0, -col_shift) if col_shift < 0 else (W - col_shift, W)    # the columns the shift wrapped
+    for oh in range(oh0, oh1):
+        for q in range(max(a, 0), min(b, W)):
+            out[_u(oh * W + q)] = 0
 
 
 def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, gx):
@@ -283,6 +315,7 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, gx):
                             gx[_u(n), _u(c), _u(ih), _u(iw0 + q * sw)] += cols[_u(n), _u(k), _u(r + q)]
 
 
+shifted_plane = njit(cache=True, nogil=True, inline="always")(_shifted_plane)
 im2col = njit(cache=True, nogil=True)(_im2col)
 col2im = njit(cache=True, nogil=True)(_col2im)
 
