@@ -138,13 +138,13 @@ def conv_bn(conv, bn, x, residual=None, activation=None):
     'relu' or 'relu6'): a conv -> batch norm chain, with as much of it fused as the mode
     allows.
 
-    Eval mode (running statistics), where no gradient is wanted (inside ``no_grad``, or
-    a frozen part of a network): the batch norm is a per-channel
-    affine map, s = weight/√(running_var + eps), t = bias - running_mean·s, so the
-    whole chain is ``ops.conv2d``'s inference epilogue, act(conv(x)·s + b_conv·s + t
-    + residual), applied to each chunk of the convolution's output while it is in cache.
-    Otherwise the convolution, then ``bn.fused`` (and ReLU6 on its own).  With forward hooks on either module
-    it runs as written, so that the hooks see each layer's own output.
+    Eval mode (running statistics) where no gradient is wanted (inside ``no_grad``, or a
+    frozen part of a network): the batch norm is a per-channel affine map,
+    s = weight/√(running_var + eps), t = bias - running_mean·s, so the whole chain is
+    ``ops.conv2d``'s inference epilogue, act(conv(x)·s + b_conv·s + t + residual),
+    applied to each chunk of the convolution's output while it is in cache.  Otherwise
+    the convolution, then ``bn.fused`` (and ReLU6 on its own).  With forward hooks on
+    either module it runs as written, so that the hooks see each layer's own output.
     """
     if not _folds_into(conv, bn, x, residual):
         y = bn.fused(conv(x), residual, relu=activation == "relu")
