@@ -43,7 +43,8 @@ def run():
     out["bn_add_relu_nhwc"] = grads(lambda x, r: ops.batch_norm(x, None, None, training=True, residual=r, relu=True),
                                     x_cl, x_cl[::-1] - 0.5)
     out["conv_epilogue"] = [ops.conv2d(x, w[:, :, :, :1], b, padding=(1, 0), groups=2, scale=np.cos(np.arange(6)),
-                                       residual=np.sin(np.arange(3 * 6 * 7 * 6)).reshape(3, 6, 7, 6), activation="relu").data]
+                                       residual=np.sin(np.arange(3 * 6 * 7 * 6)).reshape(3, 6, 7, 6),
+                                       activation="relu").data]
     out["depthwise_epilogue"] = [ops.conv2d(x, np.ones((4, 1, 3, 3)), padding=1, groups=4, activation="relu6").data]
     out["bn_relu_eval"] = grads(lambda x: ops.batch_norm(x, np.zeros(4), np.full(4, 2.0), relu=True), x - 0.5)
     out["avg"] = grads(lambda x: ops.avg_pool2d(x, (3, 2), 2, 1, True, False), x)

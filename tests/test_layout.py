@@ -149,7 +149,8 @@ def test_conv_inference_epilogue_equals_separate_ops(route, res_layout, monkeypa
     w = w * 3                                    # outputs beyond 6, for ReLU6
     y = ops.conv2d(tensor(x), tensor(w), padding=k // 2, groups=groups).data
     clamp = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0), "relu6": lambda v: np.clip(v, 0, 6)}
-    for scale, bias, res, act in [(s, b, r, "relu"), (s, None, None, None), (None, b, r, "relu6"), (None, None, None, "relu")]:
+    cases = [(s, b, r, "relu"), (s, None, None, None), (None, b, r, "relu6"), (None, None, None, "relu")]
+    for scale, bias, res, act in cases:
         want = y * (1 if scale is None else scale[:, None, None]) + (0 if bias is None else b[:, None, None])
         want = clamp[act](want + (0 if res is None else res))
         got = ops.conv2d(tensor(x), tensor(w), None if bias is None else tensor(bias), padding=k // 2, groups=groups,

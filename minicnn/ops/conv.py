@@ -82,7 +82,8 @@ WINOGRAD_MIN_CHANNELS = 64
 IM2COL_MAX_K = 32
 _FLOATS = (np.float32, np.float64)
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
-_EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (2, 3, 4)} for t in _FLOATS}   # "no gradient wanted", "no residual"
+# Empty arrays for kernel arguments that are absent: "no gradient wanted", "no residual".
+_EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (2, 3, 4)} for t in _FLOATS}
 
 
 def _chunk_images(n, row_bytes_per_image):
