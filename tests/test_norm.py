@@ -315,6 +315,41 @@ def test_sequential_folds_conv_bn_relu_in_eval_without_gradients(rng):
     assert len(seen) == 1 and seen[0].min() == 0
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_epilogue_matches_torch(training, against_torch, torch, rng):
+    """relu(bn(x) + residual) against torch's three ops in float64, the output and the
+    gradients of x, weight, bias and residual, x channels-last as inside a network."""
+    F = torch.nn.functional
+    x = np.ascontiguousarray(rng.standard_normal((4, 3, 5, 6)).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    r, w, b = rng.standard_normal((4, 3, 5, 6)), rng.standard_normal(3), rng.standard_normal(3)
+    mean, var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    stats = (None, None) if training else (mean, var)
+    t_stats = (None, None) if training else (torch.tensor(mean), torch.tensor(var))
+    against_torch(lambda x, r, w, b: ops.batch_norm(x, *stats, w, b, training=training, residual=r, relu=True),
+                  lambda x, r, w, b: F.relu(F.batch_norm(x, *t_stats, w, b, training=training) + r), x, r, w, b)
+
+
+@pytest.mark.parametrize("groups, activation", [(1, "relu"), (1, "relu6"), (3, None)])
+def test_conv_bn_fold_matches_torch(groups, activation, torch, rng):
+    """The inference fold, conv -> eval BN -> + residual -> activation in the convolution's
+    epilogue, against torch's separate ops in float64 (depthwise included)."""
+    F = torch.nn.functional
+    conv = nn.Conv2d(3, 3, 3, padding=1, groups=groups, dtype=np.float64)
+    bn = nn.BatchNorm2d(3, dtype=np.float64)
+    bn.running_mean[:], bn.running_var[:] = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    bn.weight.data[:], bn.bias.data[:], conv.bias.data[:] = (rng.standard_normal(3) * 3 for _ in range(3))
+    bn.eval()
+    x, res = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((2, 3, 6, 5))
+    with minicnn.no_grad():
+        got = nn.conv_bn(conv, bn, tensor(x), tensor(res), activation=activation).data
+    T = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731
+    y = F.conv2d(T(x), T(conv.weight.data), T(conv.bias.data), padding=1, groups=groups)
+    y = F.batch_norm(y, T(bn.running_mean), T(bn.running_var), T(bn.weight.data), T(bn.bias.data), False, 0.0, bn.eps)
+    y = y + T(res)
+    y = {None: y, "relu": F.relu(y), "relu6": F.relu6(y)}[activation]
+    np.testing.assert_allclose(got, y.numpy(), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(residual=np.zeros((2, 3, 4, 5))), ValueError, r"residual has shape \(2, 3, 4, 5\), expected \(2, 3, 4, 4\)"),
     (dict(residual=np.zeros((2, 3, 4, 4), np.float32)), TypeError, r"residual dtype float32 differs from input dtype float64"),
