@@ -151,6 +151,20 @@ def test_im2col_same_width_fast_path_matches_a_padded_reference(data):
     np.testing.assert_array_equal(cols, want.reshape(2, 2 * kh * kw, Ho * W))
 
 
+@settings(deadline=None)
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 6), st.integers(-8, 8), st.integers(-6, 6))
+def test_shifted_plane_stays_in_bounds_for_any_shift(H, W, Ho, row_shift, col_shift):
+    """The im2col fast path's per-tap copy, shifts larger than the plane included: out[oh, ow]
+    = x[oh + row_shift, ow + col_shift] or 0 outside, and nothing written past out's end."""
+    x = np.arange(1.0, H * W + 1).reshape(H, W)
+    xp = np.pad(x, ((8, 8 + Ho), (6, 6)))
+    want = xp[8 + row_shift:8 + row_shift + Ho, 6 + col_shift:6 + col_shift + W]
+    buf = np.full(Ho * W + 2 * W * 8, np.nan)
+    kernels.shifted_plane(x.reshape(-1), row_shift, col_shift, Ho, W, buf[:Ho * W])
+    np.testing.assert_array_equal(buf[:Ho * W].reshape(Ho, W), want)
+    assert np.isnan(buf[Ho * W:]).all()
+
+
 def test_pointwise_path_matches_loops():
     rng = np.random.default_rng(2)
     x, w, b = rng.standard_normal((2, 5, 4, 3)), rng.standard_normal((7, 5, 1, 1)), rng.standard_normal(7)

@@ -276,17 +276,16 @@ def _shifted_plane(xf, row_shift, col_shift, Ho, W, out):
     """out[oh·W + ow] = xf[(oh + row_shift)·W + ow + col_shift], zero where that pixel is
     outside the H x W plane xf (flat); out has Ho·W entries."""
     H = xf.size // W
-    oh0, oh1 = max(0, -row_shift), min(Ho, H - row_shift)     # output rows whose input row exists
-    oh1 = max(oh0, oh1)
+    oh0 = min(Ho, max(0, -row_shift))                          # output rows [oh0, oh1) have an input row
+    oh1 = max(oh0, min(Ho, H - row_shift))
     d = row_shift * W + col_shift
-    q0, q1 = max(oh0 * W, -d), min(oh1 * W, xf.size - d)
-    for q in range(oh0 * W):
-        out[_u(q)] = 0
-    for q in range(oh0 * W, q0):
+    q0 = min(max(oh0 * W, -d), oh1 * W)                        # out[q0:q1] = xf[q0 + d:q1 + d], the rest 0
+    q1 = max(q0, min(oh1 * W, xf.size - d))
+    for q in range(q0):
         out[_u(q)] = 0
     for q in range(q0, q1):
         out[_u(q)] = xf[_u(q + d)]
-    for q in range(max(q1, oh0 * W), Ho * W):
+    for q in range(q1, Ho * W):
         out[_u(q)] = 0
     a, b = (0, -col_shift) if col_shift < 0 else (W - col_shift, W)    # the columns the shift wrapped
     for oh in range(oh0, oh1):
