@@ -9,6 +9,11 @@ def raw(a):
     return a.data if isinstance(a, Tensor) else a
 
 
+# Empty arrays of each float dtype and rank for kernel arguments that are absent
+# ("no gradient wanted", "no residual"): EMPTY[dtype][ndim].
+EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (2, 3, 4)} for t in (np.float32, np.float64)}
+
+
 def nhwc(a):
     """The memory of a channels-last (N, C, H, W) array as a C-contiguous (N, H, W, C) view, or None.
 

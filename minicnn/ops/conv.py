@@ -56,7 +56,7 @@ from ..kernels import conv as K
 from ..kernels.norm import normalize_cols_serial
 from ..kernels.reduce import column_sums
 from ..tensor import Function, is_grad_enabled
-from ._util import nhwc, raw
+from ._util import EMPTY, nhwc, raw
 from .activation import CLAMPS
 
 # Bytes of one chunk's row matrix: big enough for efficient GEMMs, small enough that
@@ -82,8 +82,6 @@ WINOGRAD_MIN_CHANNELS = 64
 IM2COL_MAX_K = 32
 _FLOATS = (np.float32, np.float64)
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
-# Empty arrays for kernel arguments that are absent: "no gradient wanted", "no residual".
-_EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (2, 3, 4)} for t in _FLOATS}
 
 
 def _chunk_images(n, row_bytes_per_image):
@@ -210,13 +208,11 @@ def _epilogue(plan, y, scale, shift, residual, activation):
     depthwise kernel applies the epilogue itself.)"""
     zero = np.zeros(plan.O)
     lo, hi = CLAMPS[activation]
-    res = None if residual is None else nhwc(residual)
-    if residual is not None and res is None:
-        res = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
+    res = None if residual is None else np.ascontiguousarray(residual.transpose(0, 2, 3, 1))   # a view if channels-last
 
     def run(part, pre):
         cols = pre.reshape(-1, plan.O)
-        r = _EMPTY[y.dtype][2] if res is None else res[part].reshape(cols.shape)
+        r = EMPTY[y.dtype][2] if res is None else res[part].reshape(cols.shape)
         normalize_cols_serial(cols, zero, scale, shift, r, lo, hi, y[part].reshape(cols.shape))
     return run
 
@@ -266,7 +262,7 @@ class Conv2d(Function):
         if plan.depthwise:                # the kernel applies the bias, or the epilogue, itself
             d_scale, d_shift, d_res, act = post or (np.ones(O), np.zeros(O) if b is None else b.astype(np.float64),
                                                     None, None)
-            d_res = _EMPTY[x.dtype][4] if d_res is None else np.ascontiguousarray(d_res)
+            d_res = EMPTY[x.dtype][4] if d_res is None else np.ascontiguousarray(d_res)
 
         def chunk(k):
             part = plan.images(k)
@@ -350,8 +346,8 @@ class Conv2d(Function):
                 bias_grad(part, gb_parts[k])
             if plan.depthwise:
                 K.depthwise_backward(x[part], w.reshape(O, *w.shape[2:]), gy[part], *plan.taps,
-                                     gx[part] if need_x else _EMPTY[w.dtype][4],
-                                     gw_parts[k] if need_w else _EMPTY[w.dtype][3])
+                                     gx[part] if need_x else EMPTY[w.dtype][4],
+                                     gw_parts[k] if need_w else EMPTY[w.dtype][3])
                 return
             if plan.im2col:               # dy_n (O, L) as it is, or a view of channels-last dy
                 g_c = gy3[part] if gh_all is None else gh_all[part].reshape(n, L, O).transpose(0, 2, 1)

@@ -37,11 +37,10 @@ import numpy as np
 from ..kernels.norm import (col_sums, grad_cols, grad_rows, normalize_cols, normalize_rows, row_grad_sums,
                             row_moments)
 from ..tensor import Function
-from ._util import nhwc, raw
+from ._util import EMPTY, nhwc, raw
 from .activation import CLAMPS, relu_grad
 
 
-_NO_RESIDUAL = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
 # Row slices of the channels-last (column) kernels: fixed, so the bits do not depend on the thread count.
 _COL_SLICES = 16
 
@@ -84,7 +83,7 @@ def _normalize(rows, mean_r, scale_r, shift_r, dtype, columns=False, res=None, r
     """(x - μ_r)·scale_r + shift_r per row (or column), plus ``res`` (rows' shape) if given,
     through ReLU if ``relu``; as a new array of ``dtype``."""
     out = np.empty(rows.shape, dtype)
-    res = _NO_RESIDUAL[np.dtype(dtype)] if res is None else res
+    res = EMPTY[np.dtype(dtype)][2] if res is None else res
     (normalize_cols if columns else normalize_rows)(rows, mean_r, scale_r, shift_r, res,
                                                     *CLAMPS["relu" if relu else None], out)
     return out
@@ -100,10 +99,7 @@ def _input_grad(g_rows, rows, mean_r, alpha, beta, gamma, columns=False):
 def _as_rows(a, shape, columns):
     """An (N, C, *) array as the kernels' contiguous (R, L) rows, or with ``columns`` as
     the (N·H·W, C) columns of its NHWC memory (no copy if it is channels-last)."""
-    if columns:
-        cl = nhwc(a)
-        return (cl if cl is not None else np.ascontiguousarray(a.transpose(0, 2, 3, 1))).reshape(shape)
-    return np.ascontiguousarray(a).reshape(shape)
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1) if columns else a).reshape(shape)
 
 
 def _from_rows(a, shape, columns):
