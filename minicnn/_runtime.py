@@ -126,14 +126,20 @@ def _serial_blas():
     return _blas_checked
 
 
-def _set_openblas_threads(n):
+def loaded_libraries(name):
+    """Paths of the shared libraries mapped into this process whose file name contains
+    ``name`` (case-insensitive), sorted; empty where /proc/self/maps is unavailable (not Linux)."""
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+            paths = {line.split()[-1] for line in f}
     except OSError:
-        return False
+        return []
+    return sorted(p for p in paths if name in os.path.basename(p).lower() and ".so" in p)
+
+
+def _set_openblas_threads(n):
     done = False
-    for path in paths:
+    for path in loaded_libraries("openblas"):
         lib = ctypes.CDLL(path)
         for name in _SETTERS:
             setter = getattr(lib, name, None)

@@ -75,11 +75,13 @@ def chunking(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["im2col", "im2row", "winograd"])
+@pytest.fixture(params=["im2col", "im2row", "rowtaps", "winograd"])
 def route(request, monkeypatch):
-    """Run every ungrouped conv that is not 1x1 on the im2col route, or none on it (im2row),
-    or, on top of that, every 3x3 stride-1 ungrouped conv on Winograd."""
+    """Run every ungrouped conv that is not 1x1 on the im2col route, or none on it: im2row
+    only, or row taps for the vertical stride 1 (else im2row), or, on top of that, every
+    3x3 stride-1 ungrouped conv on Winograd."""
     monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 10**9 if request.param == "im2col" else 0)
+    monkeypatch.setattr(conv_mod, "ROW_TAPS", request.param != "im2row")
     if request.param == "winograd":
         monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1)
     return request.param
@@ -276,6 +278,29 @@ def test_same_matches_torch_same_at_stride_1(torch, against_torch):
     x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 4, 3)), rng.standard_normal(4)
     against_torch(lambda *t: ops.conv2d(*t, padding="same", dilation=(1, 2)),
                   lambda *t: torch.nn.functional.conv2d(*t, padding="same", dilation=(1, 2)), x, w, b)
+
+
+def test_row_taps_need_blas_gemm_else_im2row(monkeypatch, rng):
+    """The row taps are the default for ungrouped, vertically stride-1 convolutions left
+    for im2row, and call BLAS's own gemm (kernels.blas); without it (another BLAS, not
+    Linux) the same convolution runs on im2row, with the same values and gradients."""
+    from minicnn.kernels.blas import GEMM
+    x = rng.standard_normal((3, 8, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    geometry = ((1, 2), (1, 1), (1, 1), 1, (6, 3))
+    assert all(GEMM[np.dtype(t)] is not None for t in (np.float32, np.float64))   # NumPy's OpenBLAS here
+    assert conv_mod._Plan(x.shape, w, geometry).row_taps
+    assert not conv_mod._Plan(x.shape, w, ((2, 1),) + geometry[1:]).row_taps     # vertical stride 2
+    results = []
+    for gemm in (GEMM[np.dtype(np.float32)], None):
+        monkeypatch.setitem(GEMM, np.dtype(np.float32), gemm)
+        assert conv_mod._Plan(x.shape, w, geometry).row_taps == (gemm is not None)
+        xt, wt = tensor(x, requires_grad=True), tensor(w, requires_grad=True)
+        y = ops.conv2d(xt, wt, stride=(1, 2), padding=1)
+        y.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape))
+        results.append((y.data, xt.grad, wt.grad))
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.usefixtures("route")

@@ -34,7 +34,7 @@ def test_layout_helpers():
     assert channels_last(cl[:, :, ::2, ::2]) and nhwc(cl[:, :, ::2, ::2]) is None   # strided, not dense
 
 
-@pytest.mark.parametrize("route", ["im2row", "winograd", "pointwise", "im2col", "depthwise"])
+@pytest.mark.parametrize("route", ["im2row", "rowtaps", "winograd", "pointwise", "im2col", "depthwise"])
 @pytest.mark.parametrize("g_layout", ["C", "channels-last"])
 def test_conv_same_bits_in_either_layout(route, g_layout, monkeypatch, rng):
     """Input in C order or channels-last, output gradient in either: the same values and
@@ -42,10 +42,12 @@ def test_conv_same_bits_in_either_layout(route, g_layout, monkeypatch, rng):
     gradient from a channels-last output gradient, which BLAS gets as a transposed operand
     and so sums in another order: there to float32 rounding.  Output and input gradient
     are channels-last except for depthwise convolutions (and im2col's NCHW input gradient)."""
-    C, O, k, groups = {"im2row": (4, 6, 3, 1), "winograd": (4, 6, 3, 1), "pointwise": (4, 6, 1, 1),
+    C, O, k, groups = {"im2row": (4, 6, 3, 1), "rowtaps": (4, 6, 3, 1), "winograd": (4, 6, 3, 1),
+                       "pointwise": (4, 6, 1, 1),
                        "im2col": (2, 5, 3, 1), "depthwise": (4, 4, 3, 4)}[route]
     monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1 if route == "winograd" else 10**9)
     monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 32 if route == "im2col" else 0)
+    monkeypatch.setattr(conv_mod, "ROW_TAPS", route == "rowtaps")
     monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: 2)      # several chunks, one ragged
     x = rng.standard_normal((5, C, 7, 6)).astype(np.float32)
     w = rng.standard_normal((O, C // groups, k, k)).astype(np.float32)
@@ -131,16 +133,18 @@ def test_relu_gradient_in_the_other_layout(rng):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("route", ["im2row", "winograd", "pointwise", "im2col", "depthwise"])
+@pytest.mark.parametrize("route", ["im2row", "rowtaps", "winograd", "pointwise", "im2col", "depthwise"])
 @pytest.mark.parametrize("res_layout", ["C", "channels-last"])
 def test_conv_inference_epilogue_equals_separate_ops(route, res_layout, monkeypatch, rng):
     """conv2d(..., scale, residual, activation) applies act(conv·scale + bias + residual) per
     chunk in cache (the raw result in a worker's scratch): the separate ops' values in
     float64, on every route, with the residual in either layout, each part optional."""
-    C, O, k, groups = {"im2row": (4, 6, 3, 1), "winograd": (4, 6, 3, 1), "pointwise": (4, 6, 1, 1),
+    C, O, k, groups = {"im2row": (4, 6, 3, 1), "rowtaps": (4, 6, 3, 1), "winograd": (4, 6, 3, 1),
+                       "pointwise": (4, 6, 1, 1),
                        "im2col": (2, 5, 3, 1), "depthwise": (4, 4, 3, 4)}[route]
     monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1 if route == "winograd" else 10**9)
     monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 32 if route == "im2col" else 0)
+    monkeypatch.setattr(conv_mod, "ROW_TAPS", route == "rowtaps")
     monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: 2)      # several chunks, one ragged
     x = as_channels_last(rng.standard_normal((5, C, 7, 6)))
     w, b, s = rng.standard_normal((O, C // groups, k, k)), rng.standard_normal(O), rng.standard_normal(O)

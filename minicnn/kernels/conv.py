@@ -31,6 +31,7 @@ negative wraparound, which can stop LLVM from vectorizing (up to ~4x slower here
 import numpy as np
 from numba import njit
 
+from .blas import NO_TRANS, ROW_MAJOR, TRANS
 from .norm import epilogue
 
 _u = np.uint64  # never-negative indices skip the wraparound check; arithmetic stays signed
@@ -139,6 +140,87 @@ transpose_tiles = njit(cache=True, nogil=True, inline="always")(_transpose_tiles
 transpose = njit(cache=True, nogil=True)(_transpose)
 im2row = njit(cache=True, nogil=True)(_im2row)
 row2im = njit(cache=True, nogil=True)(_row2im)
+
+
+# ------------------------------------------------------------------ row taps
+# A convolution with vertical stride 1 and no groups, one image at a time, with
+# im2row along the width only: each input row unrolled into the windows of one
+# kernel row,
+#     wins[ih*Wo + ow, j*C + c] = x[n, c, ih, ow*sw - pw + j*dw]      (H*Wo, kw*C)
+# serves every kernel row i: output row oh reads input row ih = oh + i*dh - ph, so
+# kernel row i's part of the full im2row matrix is a contiguous block of wins.  A
+# tap (i, b0, oh0, m) says that output rows oh0..oh0+m-1 read the wins rows from
+# b0*Wo on (output rows that would read only padding are left out).  Per image:
+#     forward   Yᵀ[oh0*Wo:][:m*Wo]  += wins[b0*Wo:][:m*Wo] · Wt[i]           (m*Wo, O)
+#     backward  dWt[i]              += wins[b0*Wo:][:m*Wo]ᵀ · dYᵀ[oh0*Wo:][:m*Wo]
+#               dwins[b0*Wo:][:m*Wo] += dYᵀ[oh0*Wo:][:m*Wo] · Wt[i]ᵀ,    dx = row2im(dwins)
+# with Wt (kh, kw*C, O) the weight by kernel rows.  wins is about kh times smaller
+# than the im2row matrix and stays in L2 between its GEMMs, which run faster for it
+# (one core, 8 images, 32->32 on 16x16: forward 0.475 -> 0.336 ms, backward
+# 0.98 -> 0.77 ms).  BLAS is called directly (``kernels.blas``) for beta = 1 and the
+# row offsets.  The tap that writes every output row comes first: its GEMM (beta = 0)
+# initializes the output.
+
+def _at(a, k):
+    """The address of element k of a's memory, as BLAS takes it."""
+    return int(a.ctypes.data + k * a.itemsize)
+
+
+def _rowtap_forward(gemm, xh, wt, bias, taps, kw, sw, pw, dw, Wo, wins, y):
+    """y (nb, Ho*Wo, O) = bias + Σ_taps wins · Wt[i], per image (see above).  xh (nb, H, W, C)
+    NHWC, wt (kh, kw*C, O), bias (O,) or empty, taps (T, 4) int64, wins (H*Wo, kw*C) scratch."""
+    H = xh.shape[1]
+    kwc, O = wt.shape[1], wt.shape[2]
+    Ho = y.shape[1] // Wo
+    for n in range(xh.shape[0]):
+        im2row(xh[n:n + 1], 1, 1, kw, 1, sw, 0, pw, 1, dw, H, Wo, wins)
+        yn = y[n]
+        beta = 0.0
+        if bias.shape[0] > 0 or taps.shape[0] == 0 or taps[0, 3] < Ho:
+            for r in range(Ho * Wo):
+                for o in range(O):
+                    yn[r, o] = bias[o] if bias.shape[0] > 0 else 0
+            beta = 1.0
+        for t in range(taps.shape[0]):
+            i, b0, oh0, m = taps[t, 0], taps[t, 1], taps[t, 2], taps[t, 3]
+            gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m * Wo, O, kwc, 1.0, at(wins, b0 * Wo * kwc), kwc,
+                 at(wt, i * kwc * O), O, beta, at(yn, oh0 * Wo * O), O)
+            beta = 1.0
+
+
+def _rowtap_backward(gemm, xh, wt, gh, taps, kw, sw, pw, dw, Wo, wins, dwins, gw, gx):
+    """gw (kh, kw*C, O) = Σ_n Σ_taps winsᵀ · dYᵀ and gx (nb, H, W, C) = row2im(Σ_taps dYᵀ · Wt[i]ᵀ),
+    per image (see above); gh (nb, Ho*Wo, O) is the NHWC output gradient.  An empty
+    gw or gx is not computed (xh may be empty without gw); wins, dwins (H*Wo, kw*C) scratch."""
+    kwc, O = wt.shape[1], wt.shape[2]
+    H, L = wins.shape[0] // Wo, gh.shape[1]
+    want_w, want_x = gw.size > 0, gx.size > 0
+    if want_w:
+        gw[:] = 0
+    for n in range(gh.shape[0]):
+        if want_w:
+            im2row(xh[n:n + 1], 1, 1, kw, 1, sw, 0, pw, 1, dw, H, Wo, wins)
+        beta = 0.0
+        if want_x and (taps.shape[0] == 0 or taps[0, 3] < H):    # no tap writes every row of dwins
+            dwins[:] = 0
+            beta = 1.0
+        for t in range(taps.shape[0]):
+            i, b0, oh0, m = taps[t, 0], taps[t, 1], taps[t, 2], taps[t, 3]
+            g = at(gh, (n * L + oh0 * Wo) * O)
+            if want_w:
+                gemm(ROW_MAJOR, TRANS, NO_TRANS, kwc, O, m * Wo, 1.0, at(wins, b0 * Wo * kwc), kwc,
+                     g, O, 1.0, at(gw, i * kwc * O), O)
+            if want_x:
+                gemm(ROW_MAJOR, NO_TRANS, TRANS, m * Wo, kwc, O, 1.0, g, O, at(wt, i * kwc * O), O,
+                     beta, at(dwins, b0 * Wo * kwc), kwc)
+                beta = 1.0
+        if want_x:
+            row2im(dwins, 1, 1, kw, 1, sw, 0, pw, 1, dw, H, Wo, gx[n:n + 1])
+
+
+at = njit(cache=True, inline="always")(_at)
+rowtap_forward = njit(cache=True, nogil=True)(_rowtap_forward)
+rowtap_backward = njit(cache=True, nogil=True)(_rowtap_backward)
 
 
 # ------------------------------------------------------------------ depthwise

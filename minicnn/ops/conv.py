@@ -36,6 +36,16 @@ work on NCHW images (``kernels.conv.im2col``):
 (as y_nᵀ = cols_nᵀ · Wrᵀ into a channels-last output; a channels-last dy_n is read as the
 transposed view it is; dx stays NCHW).
 
+Row taps.  With vertical stride 1 and no groups, the windows are unrolled along the
+width only, one image at a time, ``wins (H·Wo, kw·C)``; kernel row i's part of the
+rows above is then a contiguous block of wins, and kh GEMMs per image sum into the
+output (BLAS's own gemm with beta = 1, ``kernels.blas``; ``kernels.conv.rowtap_forward``):
+
+    forward   Yᵀ_n[oh rows of tap i] += wins_n[tap i] · Wt[i]           Wt = Wrᵀ by kernel rows (kh, kw·C, O)
+    backward  dWt[i] += wins_n[tap i]ᵀ · dYᵀ_n[...],   dwins_n[tap i] += dYᵀ_n[...] · Wt[i]ᵀ,   dx = row2im(dwins)
+
+wins is about kh times smaller than the rows and stays in L2 between its GEMMs.
+
 With one input channel per group (depthwise) the GEMMs would be too thin for
 BLAS, so ``kernels.conv.depthwise`` loops over the taps.
 Wide 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead of im2row
@@ -53,6 +63,7 @@ import numpy as np
 
 from .._runtime import parallel_for, scratch
 from ..kernels import conv as K
+from ..kernels.blas import GEMM
 from ..kernels.norm import normalize_cols_serial
 from ..kernels.reduce import column_sums
 from ..tensor import Function, is_grad_enabled
@@ -80,6 +91,13 @@ WINOGRAD_MIN_CHANNELS = 64
 # 7.5 -> 4.3 ms, ResNet conv 3->16 (K = 27, batch 128) 16.2 -> 7.2 ms; 8->16 (K = 72)
 # 26.8 -> 32.9 ms, and at K = 144 im2row's GEMMs alone are 1.7x faster.
 IM2COL_MAX_K = 32
+# Convolutions left for im2row with vertical stride 1 take the row taps instead when
+# BLAS's own gemm is at hand (``kernels.blas.GEMM``).  Whole steps on two workers,
+# im2row -> row taps, training / inference img/s: ResNet-20 (batch 128) 452 -> 541 /
+# 1,486 -> 1,860, Fashion-MNIST CNN (64) 4,131 -> 4,401 / 11,091 -> 12,169.  Winograd
+# keeps the 64-channel layers: row taps there instead gave ResNet-20 529 / 1,878 and
+# the improved CIFAR CNN 716 -> 629 / 2,232 -> 2,030.
+ROW_TAPS = True
 _FLOATS = (np.float32, np.float64)
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
 
@@ -110,13 +128,18 @@ class _Plan:
                          and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS)
         self.im2col = (not (self.pointwise or self.winograd) and self.groups == 1
                        and self.K <= IM2COL_MAX_K)
-        self.via_nhwc = not (self.im2col or self.depthwise)     # im2row, 1x1 and Winograd: NHWC input
+        self.row_taps = (ROW_TAPS and GEMM[w.dtype] is not None and sh == 1 and self.groups == 1
+                         and not (self.pointwise or self.winograd or self.im2col))
+        self.via_nhwc = not (self.im2col or self.depthwise)     # im2row, row taps, 1x1, Winograd: NHWC input
         self.channels_last = not self.depthwise                   # output and input gradient layout
         self.tiles = (-(-Ho // 2), -(-Wo // 2))
         per_image = 16 * self.tiles[0] * self.tiles[1] * self.C if self.winograd else self.K * self.L
         self.nb = _chunk_images(self.N, per_image * w.itemsize)
         self.n_chunks = -(-self.N // self.nb)
         self.kernel_args = (self.groups, w.shape[2], w.shape[3], sh, sw, pt, pl, dh, dw, Ho, Wo)
+        if self.row_taps:
+            self.tap_rows = _tap_rows(w.shape[2], dh, pt, self.H, Ho)
+            self.rowtap_args = (w.shape[3], sw, pl, dw, Wo)
         self.dtype = w.dtype
 
     def images(self, k):
@@ -146,6 +169,10 @@ class _Plan:
         K.im2row(xh, *self.kernel_args, rows)
         return rows
 
+    def wins(self, name):
+        """A worker's scratch for one image's row-tap windows (H·Wo, kw·C)."""
+        return self.buffer(name, self.H * self.rowtap_args[-1], self.rowtap_args[0] * self.C)
+
     def winograd_input(self, xh):
         """The transformed input tiles (16, tiles, C) of an NHWC chunk, in the worker's ``rows`` buffer."""
         n = xh.shape[0]
@@ -161,6 +188,20 @@ class _Plan:
     def grouped(self, a):
         """(G, m, cols/G) view of a pixel-major (m, cols) matrix: one GEMM operand per group."""
         return a.reshape(a.shape[0], self.groups, -1).transpose(1, 0, 2)
+
+
+def _tap_rows(kh, dh, pt, H, Ho):
+    """The row taps (see ``kernels.conv``), int64 (T, 4): per kernel row i that some output
+    row reads inside the image, (i, first wins row, first output row, output rows), the
+    one with the most output rows first (on a tie, the lower i)."""
+    taps = []
+    for i in range(kh):
+        shift = i * dh - pt                          # output row oh reads input row oh + shift
+        oh0, oh1 = max(0, -shift), min(Ho, H - shift)
+        if oh1 > oh0:
+            taps.append((i, oh0 + shift, oh0, oh1 - oh0))
+    taps.sort(key=lambda t: -t[3])
+    return np.array(taps, np.int64).reshape(-1, 4)
 
 
 # Winograd F(2x2, 3x3) matrices (see kernels/conv.py): U = G g Gᵀ per (c, o).
@@ -217,6 +258,11 @@ def _epilogue(plan, y, scale, shift, residual, activation):
     return run
 
 
+def _tap_weight(wr_t, plan):
+    """Wrᵀ (1, kh·kw·C, O) as Wt (kh, kw·C, O), contiguous: the row taps' weight by kernel rows."""
+    return np.ascontiguousarray(wr_t[0]).reshape(-1, plan.rowtap_args[0] * plan.C, plan.O)
+
+
 def _rows_weight(w, groups):
     """w (O, C/G, kh, kw) as Wr (G, O/G, kh·kw·C/G): each output channel's window in row order."""
     O = w.shape[0]
@@ -256,6 +302,7 @@ class Conv2d(Function):
         y = np.empty((N,) + out_hw + (O,) if plan.channels_last else (N, O) + out_hw, x.dtype)
         bias = _NO_BIAS[x.dtype] if b is None else np.ascontiguousarray(b)
         wr_t = _rows_weight(w, groups).transpose(0, 2, 1)
+        wt = _tap_weight(wr_t, plan) if plan.row_taps else None
         u = _winograd_weight(w) if plan.winograd else None
         w2 = w.reshape(O, -1)
         epilogue = None if post is None or plan.depthwise else _epilogue(plan, y, *post)
@@ -289,6 +336,10 @@ class Conv2d(Function):
             else:
                 xh = plan.nhwc(x[part], None if keep is None else keep[part])
             yt = out.reshape(-1, O)
+            if plan.row_taps:             # the bias too
+                K.rowtap_forward(GEMM[x.dtype], xh, wt, bias, plan.tap_rows, *plan.rowtap_args, plan.wins("rows"),
+                                 yt.reshape(xh.shape[0], L, O))
+                return
             if plan.winograd:
                 v = plan.winograd_input(xh)
                 m = plan.buffer("yt", 16, v.shape[1], O)
@@ -331,6 +382,7 @@ class Conv2d(Function):
         if need_x:
             gx = np.empty((N, plan.H, plan.W, plan.C) if plan.via_nhwc else ctx.x_shape, w.dtype)
         wr = _rows_weight(w, groups)
+        wt = _tap_weight(wr.transpose(0, 2, 1), plan) if plan.row_taps else None
         # One slot per chunk, summed in chunk order: the same bits whichever worker ran it.
         u = _winograd_weight(w) if plan.winograd else None
         w2 = w.reshape(O, -1)
@@ -375,6 +427,12 @@ class Conv2d(Function):
                     np.matmul(dm, u.transpose(0, 2, 1), out=dv)
                     K.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *_WINOGRAD[w.dtype][:2],
                                           plan.padded_tiles(n), gx[part])
+                return
+            if plan.row_taps:             # dWtᵀ has dWrᵀ's memory layout
+                K.rowtap_backward(GEMM[w.dtype], x[part] if need_w else EMPTY[w.dtype][4], wt, gh.reshape(n, L, O),
+                                  plan.tap_rows, *plan.rowtap_args, plan.wins("rows"), plan.wins("drows"),
+                                  gw_parts[k] if need_w else EMPTY[w.dtype][3],
+                                  gx[part] if need_x else EMPTY[w.dtype][4])
                 return
             gt_g = plan.grouped(gh.reshape(n * L, O))
             if need_w:                   # as dWrᵀ: the faster GEMM orientation here

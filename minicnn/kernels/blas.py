@@ -1,0 +1,49 @@
+"""The CBLAS ``?gemm`` of the BLAS that NumPy loaded, for kernels that call it directly.
+
+    gemm(order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc):
+        C (M, N) = alpha · op(A) (M, K) · op(B) (K, N) + beta · C
+
+with ``order`` = ROW_MAJOR, ``trans_*`` = NO_TRANS or TRANS, and A, B, C the
+addresses of the first elements (``arr.ctypes.data`` plus a byte offset).
+
+Why not ``np.matmul``: the row-tap convolution (``kernels.conv.rowtap_forward``)
+sums a few GEMMs per image into one output block (beta = 1) at row offsets inside
+small per-image buffers.  Through NumPy each would cost a Python call and, for the
+sum, an extra pass over the output.  Numba calls ctypes functions in nopython
+mode; kernels take the function as an *argument* (not a global), so the address
+is not compiled into Numba's on-disk cache.
+
+``GEMM[dtype]`` is the function for float32 (sgemm) and float64 (dgemm), or None
+where the BLAS cannot be found (not Linux, or no CBLAS symbols): the convolutions
+then keep to their ``np.matmul`` routes.  Integer arguments are 64-bit for an ILP64
+build (NumPy's wheels: symbols ending in ``64_``), else C ints.
+"""
+import ctypes
+
+import numpy as np
+
+from .._runtime import loaded_libraries
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+# (symbol stem, suffix, integer type), most specific first: NumPy >= 2 wheels
+# (scipy-openblas, ILP64), NumPy 1.x wheels (OpenBLAS ILP64), plain LP64 CBLAS.
+_SYMBOLS = (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64), ("cblas_", "", ctypes.c_int))
+
+
+def _find(prefix, real):
+    """The CBLAS ``prefix + 'gemm'`` (prefix 's' or 'd') of a loaded BLAS, typed, or None."""
+    for path in loaded_libraries("blas"):
+        lib = ctypes.CDLL(path)
+        for stem, suffix, integer in _SYMBOLS:
+            fn = getattr(lib, f"{stem}{prefix}gemm{suffix}", None)
+            if fn is not None:
+                enum, ptr = ctypes.c_int, ctypes.c_void_p
+                fn.restype = None
+                fn.argtypes = [enum, enum, enum, integer, integer, integer, real, ptr, integer, ptr, integer,
+                               real, ptr, integer]
+                return fn
+    return None
+
+
+GEMM = {np.dtype(np.float32): _find("s", ctypes.c_float), np.dtype(np.float64): _find("d", ctypes.c_double)}
