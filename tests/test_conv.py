@@ -78,8 +78,7 @@ def chunking(request, monkeypatch):
 @pytest.fixture(params=["im2col", "im2row", "rowtaps", "winograd"])
 def route(request, monkeypatch):
     """Run every ungrouped conv that is not 1x1 on the im2col route, or none on it: im2row
-    only, or row taps for the vertical stride 1 (else im2row), or, on top of that, every
-    3x3 stride-1 ungrouped conv on Winograd."""
+    only, or the row taps, or, on top of that, every 3x3 stride-1 ungrouped conv on Winograd."""
     monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 10**9 if request.param == "im2col" else 0)
     monkeypatch.setattr(conv_mod, "ROW_TAPS", request.param != "im2row")
     if request.param == "winograd":
@@ -281,22 +280,22 @@ def test_same_matches_torch_same_at_stride_1(torch, against_torch):
 
 
 def test_row_taps_need_blas_gemm_else_im2row(monkeypatch, rng):
-    """The row taps are the default for ungrouped, vertically stride-1 convolutions left
-    for im2row, and call BLAS's own gemm (kernels.blas); without it (another BLAS, not
-    Linux) the same convolution runs on im2row, with the same values and gradients."""
+    """The row taps are the default for the ungrouped convolutions left for im2row, and
+    call BLAS's own gemm (kernels.blas); without it (another BLAS, not Linux) the same
+    convolution runs on im2row, with the same values and gradients."""
     from minicnn.kernels.blas import GEMM
     x = rng.standard_normal((3, 8, 6, 5)).astype(np.float32)
     w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
-    geometry = ((1, 2), (1, 1), (1, 1), 1, (6, 3))
+    geometry = ((2, 2), (1, 1), (1, 1), 1, (3, 3))
     assert all(GEMM[np.dtype(t)] is not None for t in (np.float32, np.float64))   # NumPy's OpenBLAS here
     assert conv_mod._Plan(x.shape, w, geometry).row_taps
-    assert not conv_mod._Plan(x.shape, w, ((2, 1),) + geometry[1:]).row_taps     # vertical stride 2
+    assert not conv_mod._Plan(x.shape, w[:, :4], geometry[:3] + (2,) + geometry[4:]).row_taps   # groups
     results = []
     for gemm in (GEMM[np.dtype(np.float32)], None):
         monkeypatch.setitem(GEMM, np.dtype(np.float32), gemm)
         assert conv_mod._Plan(x.shape, w, geometry).row_taps == (gemm is not None)
         xt, wt = tensor(x, requires_grad=True), tensor(w, requires_grad=True)
-        y = ops.conv2d(xt, wt, stride=(1, 2), padding=1)
+        y = ops.conv2d(xt, wt, stride=2, padding=1)
         y.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape))
         results.append((y.data, xt.grad, wt.grad))
     for got, want in zip(*results):

@@ -103,13 +103,12 @@ def _im2row(xh, groups, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, rows):
 
 
 def _row2im(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dxh):
-    """The adjoint of im2row: dxh (nb, H, W, C) = the sum of the rows entries of every
-    window position that read each pixel.  ``dxh`` is overwritten."""
+    """The adjoint of im2row: adds to dxh (nb, H, W, C) the rows entries of every window
+    position that read each pixel."""
     nb, H, W, C = dxh.shape
     Cg = C // groups
     K = C * kh * kw
     xf, rf = dxh.reshape(-1), rows.reshape(-1)
-    xf[:] = 0
     fast = groups == 1 and dw == 1
     for n in range(nb):
         for oh in range(Ho):
@@ -143,37 +142,46 @@ row2im = njit(cache=True, nogil=True)(_row2im)
 
 
 # ------------------------------------------------------------------ row taps
-# A convolution with vertical stride 1 and no groups, one image at a time, with
-# im2row along the width only: each input row unrolled into the windows of one
-# kernel row,
-#     wins[ih*Wo + ow, j*C + c] = x[n, c, ih, ow*sw - pw + j*dw]      (H*Wo, kw*C)
-# serves every kernel row i: output row oh reads input row ih = oh + i*dh - ph, so
-# kernel row i's part of the full im2row matrix is a contiguous block of wins.  A
-# tap (i, b0, oh0, m) says that output rows oh0..oh0+m-1 read the wins rows from
-# b0*Wo on (output rows that would read only padding are left out).  Per image:
-#     forward   Yᵀ[oh0*Wo:][:m*Wo]  += wins[b0*Wo:][:m*Wo] · Wt[i]           (m*Wo, O)
-#     backward  dWt[i]              += wins[b0*Wo:][:m*Wo]ᵀ · dYᵀ[oh0*Wo:][:m*Wo]
+# A convolution without groups, one image at a time, with im2row along the width
+# only: each input row unrolled into the windows of one kernel row,
+#     wins[b*Wo + ow, j*C + c] = x[n, c, ih, ow*sw - pw + j*dw]          (R*Wo, kw*C)
+# Output row oh reads input row ih = oh*sh + i*dh - ph through kernel row i.  The
+# input rows are stored by class of ih mod sh (one class for stride 1), each class in
+# order: ``classes`` (rho, first wins row, rows) holds the rows ih = rho, rho + sh, ...
+# Kernel row i then reads consecutive rows of one class, so its part of the full
+# im2row matrix is a contiguous block of wins.  A tap (i, b0, oh0, m): output rows
+# oh0..oh0+m-1 read the wins rows from b0*Wo on (output rows that would read only
+# padding are left out).  Per image:
+#     forward   Yᵀ[oh0*Wo:][:m*Wo]   += wins[b0*Wo:][:m*Wo] · Wt[i]           (m*Wo, O)
+#     backward  dWt[i]               += wins[b0*Wo:][:m*Wo]ᵀ · dYᵀ[oh0*Wo:][:m*Wo]
 #               dwins[b0*Wo:][:m*Wo] += dYᵀ[oh0*Wo:][:m*Wo] · Wt[i]ᵀ,    dx = row2im(dwins)
-# with Wt (kh, kw*C, O) the weight by kernel rows.  wins is about kh times smaller
+# with Wt (kh, kw*C, O) the weight by kernel rows.  wins is about kh/sh times smaller
 # than the im2row matrix and stays in L2 between its GEMMs, which run faster for it
 # (one core, 8 images, 32->32 on 16x16: forward 0.475 -> 0.336 ms, backward
 # 0.98 -> 0.77 ms).  BLAS is called directly (``kernels.blas``) for beta = 1 and the
-# row offsets.  The tap that writes every output row comes first: its GEMM (beta = 0)
-# initializes the output.
+# row offsets.  The tap with the most rows comes first: if it writes every output
+# row, its GEMM (beta = 0) initializes the output.
 
 def _at(a, k):
     """The address of element k of a's memory, as BLAS takes it."""
     return int(a.ctypes.data + k * a.itemsize)
 
 
-def _rowtap_forward(gemm, xh, wt, bias, taps, kw, sw, pw, dw, Wo, wins, y):
+def _class_windows(xh, classes, kw, sh, sw, pw, dw, Wo, wins):
+    """wins (R*Wo, kw*C) of one NHWC image xh (1, H, W, C), class by class (see above)."""
+    for c in range(classes.shape[0]):
+        rho, b, rows = classes[c, 0], classes[c, 1], classes[c, 2]
+        im2row(xh, 1, 1, kw, sh, sw, -rho, pw, 1, dw, rows, Wo, wins[b * Wo:(b + rows) * Wo])
+
+
+def _rowtap_forward(gemm, xh, wt, bias, taps, classes, kw, sh, sw, pw, dw, Wo, wins, y):
     """y (nb, Ho*Wo, O) = bias + Σ_taps wins · Wt[i], per image (see above).  xh (nb, H, W, C)
-    NHWC, wt (kh, kw*C, O), bias (O,) or empty, taps (T, 4) int64, wins (H*Wo, kw*C) scratch."""
-    H = xh.shape[1]
+    NHWC, wt (kh, kw*C, O), bias (O,) or empty, taps (T, 4) and classes (R, 3) int64,
+    wins (R*Wo, kw*C) scratch."""
     kwc, O = wt.shape[1], wt.shape[2]
     Ho = y.shape[1] // Wo
     for n in range(xh.shape[0]):
-        im2row(xh[n:n + 1], 1, 1, kw, 1, sw, 0, pw, 1, dw, H, Wo, wins)
+        class_windows(xh[n:n + 1], classes, kw, sh, sw, pw, dw, Wo, wins)
         yn = y[n]
         beta = 0.0
         if bias.shape[0] > 0 or taps.shape[0] == 0 or taps[0, 3] < Ho:
@@ -188,20 +196,20 @@ def _rowtap_forward(gemm, xh, wt, bias, taps, kw, sw, pw, dw, Wo, wins, y):
             beta = 1.0
 
 
-def _rowtap_backward(gemm, xh, wt, gh, taps, kw, sw, pw, dw, Wo, wins, dwins, gw, gx):
+def _rowtap_backward(gemm, xh, wt, gh, taps, classes, kw, sh, sw, pw, dw, Wo, wins, dwins, gw, gx):
     """gw (kh, kw*C, O) = Σ_n Σ_taps winsᵀ · dYᵀ and gx (nb, H, W, C) = row2im(Σ_taps dYᵀ · Wt[i]ᵀ),
     per image (see above); gh (nb, Ho*Wo, O) is the NHWC output gradient.  An empty
-    gw or gx is not computed (xh may be empty without gw); wins, dwins (H*Wo, kw*C) scratch."""
+    gw or gx is not computed (xh may be empty without gw); wins, dwins (R*Wo, kw*C) scratch."""
     kwc, O = wt.shape[1], wt.shape[2]
-    H, L = wins.shape[0] // Wo, gh.shape[1]
+    R, L = wins.shape[0] // Wo, gh.shape[1]
     want_w, want_x = gw.size > 0, gx.size > 0
     if want_w:
         gw[:] = 0
     for n in range(gh.shape[0]):
         if want_w:
-            im2row(xh[n:n + 1], 1, 1, kw, 1, sw, 0, pw, 1, dw, H, Wo, wins)
+            class_windows(xh[n:n + 1], classes, kw, sh, sw, pw, dw, Wo, wins)
         beta = 0.0
-        if want_x and (taps.shape[0] == 0 or taps[0, 3] < H):    # no tap writes every row of dwins
+        if want_x and (taps.shape[0] == 0 or taps[0, 3] < R):    # no tap writes every row of dwins
             dwins[:] = 0
             beta = 1.0
         for t in range(taps.shape[0]):
@@ -215,10 +223,15 @@ def _rowtap_backward(gemm, xh, wt, gh, taps, kw, sw, pw, dw, Wo, wins, dwins, gw
                      beta, at(dwins, b0 * Wo * kwc), kwc)
                 beta = 1.0
         if want_x:
-            row2im(dwins, 1, 1, kw, 1, sw, 0, pw, 1, dw, H, Wo, gx[n:n + 1])
+            gx_n = gx[n:n + 1]
+            gx_n[:] = 0                 # rows of no class (never read) stay zero
+            for c in range(classes.shape[0]):
+                rho, b, rows = classes[c, 0], classes[c, 1], classes[c, 2]
+                row2im(dwins[b * Wo:(b + rows) * Wo], 1, 1, kw, sh, sw, -rho, pw, 1, dw, rows, Wo, gx_n)
 
 
 at = njit(cache=True, inline="always")(_at)
+class_windows = njit(cache=True, nogil=True)(_class_windows)
 rowtap_forward = njit(cache=True, nogil=True)(_rowtap_forward)
 rowtap_backward = njit(cache=True, nogil=True)(_rowtap_backward)
 

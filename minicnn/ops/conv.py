@@ -36,15 +36,16 @@ work on NCHW images (``kernels.conv.im2col``):
 (as y_nᵀ = cols_nᵀ · Wrᵀ into a channels-last output; a channels-last dy_n is read as the
 transposed view it is; dx stays NCHW).
 
-Row taps.  With vertical stride 1 and no groups, the windows are unrolled along the
-width only, one image at a time, ``wins (H·Wo, kw·C)``; kernel row i's part of the
-rows above is then a contiguous block of wins, and kh GEMMs per image sum into the
-output (BLAS's own gemm with beta = 1, ``kernels.blas``; ``kernels.conv.rowtap_forward``):
+Row taps.  Without groups, the windows are unrolled along the width only, one image
+at a time, ``wins (R·Wo, kw·C)`` with the input rows grouped by their residue mod sh;
+kernel row i's part of the rows above is then a contiguous block of wins, and kh GEMMs
+per image sum into the output (BLAS's own gemm with beta = 1, ``kernels.blas``;
+``kernels.conv.rowtap_forward``):
 
     forward   Yᵀ_n[oh rows of tap i] += wins_n[tap i] · Wt[i]           Wt = Wrᵀ by kernel rows (kh, kw·C, O)
     backward  dWt[i] += wins_n[tap i]ᵀ · dYᵀ_n[...],   dwins_n[tap i] += dYᵀ_n[...] · Wt[i]ᵀ,   dx = row2im(dwins)
 
-wins is about kh times smaller than the rows and stays in L2 between its GEMMs.
+wins is about kh/sh times smaller than the rows and stays in L2 between its GEMMs.
 
 With one input channel per group (depthwise) the GEMMs would be too thin for
 BLAS, so ``kernels.conv.depthwise`` loops over the taps.
@@ -91,12 +92,13 @@ WINOGRAD_MIN_CHANNELS = 64
 # 7.5 -> 4.3 ms, ResNet conv 3->16 (K = 27, batch 128) 16.2 -> 7.2 ms; 8->16 (K = 72)
 # 26.8 -> 32.9 ms, and at K = 144 im2row's GEMMs alone are 1.7x faster.
 IM2COL_MAX_K = 32
-# Convolutions left for im2row with vertical stride 1 take the row taps instead when
-# BLAS's own gemm is at hand (``kernels.blas.GEMM``).  Whole steps on two workers,
-# im2row -> row taps, training / inference img/s: ResNet-20 (batch 128) 452 -> 541 /
-# 1,486 -> 1,860, Fashion-MNIST CNN (64) 4,131 -> 4,401 / 11,091 -> 12,169.  Winograd
-# keeps the 64-channel layers: row taps there instead gave ResNet-20 529 / 1,878 and
-# the improved CIFAR CNN 716 -> 629 / 2,232 -> 2,030.
+# Convolutions left for im2row take the row taps instead when BLAS's own gemm is at
+# hand (``kernels.blas.GEMM``).  Whole steps on two workers, im2row -> row taps (first
+# for vertical stride 1 only), training / inference img/s: ResNet-20 (batch 128)
+# 452 -> 541 / 1,486 -> 1,860, Fashion-MNIST CNN (64) 4,131 -> 4,401 / 11,091 -> 12,169;
+# ResNet-20's two stride-2 layers too: 532 -> 540 / 1,816 -> 1,856.  Winograd keeps the
+# 64-channel layers: row taps there instead gave ResNet-20 529 / 1,878 and the improved
+# CIFAR CNN 716 -> 629 / 2,232 -> 2,030.
 ROW_TAPS = True
 _FLOATS = (np.float32, np.float64)
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
@@ -128,7 +130,7 @@ class _Plan:
                          and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS)
         self.im2col = (not (self.pointwise or self.winograd) and self.groups == 1
                        and self.K <= IM2COL_MAX_K)
-        self.row_taps = (ROW_TAPS and GEMM[w.dtype] is not None and sh == 1 and self.groups == 1
+        self.row_taps = (ROW_TAPS and GEMM[w.dtype] is not None and self.groups == 1
                          and not (self.pointwise or self.winograd or self.im2col))
         self.via_nhwc = not (self.im2col or self.depthwise)     # im2row, row taps, 1x1, Winograd: NHWC input
         self.channels_last = not self.depthwise                   # output and input gradient layout
@@ -138,8 +140,9 @@ class _Plan:
         self.n_chunks = -(-self.N // self.nb)
         self.kernel_args = (self.groups, w.shape[2], w.shape[3], sh, sw, pt, pl, dh, dw, Ho, Wo)
         if self.row_taps:
-            self.tap_rows = _tap_rows(w.shape[2], dh, pt, self.H, Ho)
-            self.rowtap_args = (w.shape[3], sw, pl, dw, Wo)
+            taps, classes = _tap_rows(w.shape[2], sh, dh, pt, self.H, Ho)
+            self.rowtap_args = (taps, classes, w.shape[3], sh, sw, pl, dw, Wo)
+            self.wins_shape = (int(classes[:, 2].sum()) * Wo, w.shape[3] * self.C)
         self.dtype = w.dtype
 
     def images(self, k):
@@ -170,8 +173,8 @@ class _Plan:
         return rows
 
     def wins(self, name):
-        """A worker's scratch for one image's row-tap windows (H·Wo, kw·C)."""
-        return self.buffer(name, self.H * self.rowtap_args[-1], self.rowtap_args[0] * self.C)
+        """A worker's scratch for one image's row-tap windows (R·Wo, kw·C)."""
+        return self.buffer(name, *self.wins_shape)
 
     def winograd_input(self, xh):
         """The transformed input tiles (16, tiles, C) of an NHWC chunk, in the worker's ``rows`` buffer."""
@@ -190,18 +193,24 @@ class _Plan:
         return a.reshape(a.shape[0], self.groups, -1).transpose(1, 0, 2)
 
 
-def _tap_rows(kh, dh, pt, H, Ho):
-    """The row taps (see ``kernels.conv``), int64 (T, 4): per kernel row i that some output
-    row reads inside the image, (i, first wins row, first output row, output rows), the
-    one with the most output rows first (on a tie, the lower i)."""
-    taps = []
+def _tap_rows(kh, sh, dh, pt, H, Ho):
+    """The row taps and the wins row classes (see ``kernels.conv``), int64 arrays:
+    taps (T, 4), per kernel row i that some output row reads inside the image,
+    (i, first wins row, first output row, output rows), the one with the most output
+    rows first (on a tie, the lower i); classes (R, 3), (rho, first wins row, rows) per
+    residue rho of the input rows mod sh that a tap reads."""
+    reads = []
     for i in range(kh):
-        shift = i * dh - pt                          # output row oh reads input row oh + shift
-        oh0, oh1 = max(0, -shift), min(Ho, H - shift)
+        rho, q = (i * dh - pt) % sh, (i * dh - pt) // sh   # output row oh reads input row (oh + q)·sh + rho
+        oh0, oh1 = max(0, -q), min(Ho, -(-(H - rho) // sh) - q)
         if oh1 > oh0:
-            taps.append((i, oh0 + shift, oh0, oh1 - oh0))
-    taps.sort(key=lambda t: -t[3])
-    return np.array(taps, np.int64).reshape(-1, 4)
+            reads.append((i, rho, oh0 + q, oh0, oh1 - oh0))
+    classes, base = {}, 0
+    for rho in sorted({r[1] for r in reads}):
+        classes[rho] = (rho, base, -(-(H - rho) // sh))
+        base += classes[rho][2]
+    taps = sorted(((i, classes[rho][1] + k, oh0, m) for i, rho, k, oh0, m in reads), key=lambda t: -t[3])
+    return np.array(taps, np.int64).reshape(-1, 4), np.array(list(classes.values()), np.int64).reshape(-1, 3)
 
 
 # Winograd F(2x2, 3x3) matrices (see kernels/conv.py): U = G g Gᵀ per (c, o).
@@ -260,7 +269,7 @@ def _epilogue(plan, y, scale, shift, residual, activation):
 
 def _tap_weight(wr_t, plan):
     """Wrᵀ (1, kh·kw·C, O) as Wt (kh, kw·C, O), contiguous: the row taps' weight by kernel rows."""
-    return np.ascontiguousarray(wr_t[0]).reshape(-1, plan.rowtap_args[0] * plan.C, plan.O)
+    return np.ascontiguousarray(wr_t[0]).reshape(-1, plan.wins_shape[1], plan.O)
 
 
 def _rows_weight(w, groups):
@@ -337,7 +346,7 @@ class Conv2d(Function):
                 xh = plan.nhwc(x[part], None if keep is None else keep[part])
             yt = out.reshape(-1, O)
             if plan.row_taps:             # the bias too
-                K.rowtap_forward(GEMM[x.dtype], xh, wt, bias, plan.tap_rows, *plan.rowtap_args, plan.wins("rows"),
+                K.rowtap_forward(GEMM[x.dtype], xh, wt, bias, *plan.rowtap_args, plan.wins("rows"),
                                  yt.reshape(xh.shape[0], L, O))
                 return
             if plan.winograd:
@@ -430,7 +439,7 @@ class Conv2d(Function):
                 return
             if plan.row_taps:             # dWtᵀ has dWrᵀ's memory layout
                 K.rowtap_backward(GEMM[w.dtype], x[part] if need_w else EMPTY[w.dtype][4], wt, gh.reshape(n, L, O),
-                                  plan.tap_rows, *plan.rowtap_args, plan.wins("rows"), plan.wins("drows"),
+                                  *plan.rowtap_args, plan.wins("rows"), plan.wins("drows"),
                                   gw_parts[k] if need_w else EMPTY[w.dtype][3],
                                   gx[part] if need_x else EMPTY[w.dtype][4])
                 return
@@ -443,6 +452,7 @@ class Conv2d(Function):
                 else:
                     d_rows = plan.buffer("rows", n * L, plan.K)
                     np.matmul(gt_g, wr, out=plan.grouped(d_rows))
+                    gx[part] = 0
                     K.row2im(d_rows, *plan.kernel_args, gx[part])
 
         parallel_for(plan.n_chunks, chunk)
