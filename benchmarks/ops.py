@@ -20,14 +20,15 @@ Method (the machine is shared and noisy, see DESIGN.md):
 A network's total weights each layer by how often it occurs in the network.
 
 A third process per round, "gemm", runs minicnn with every conv kernel but the
-GEMMs switched off (im2row/im2col, row2im/col2im, the layout moves and the Winograd
-transforms do nothing; the scratch buffers are zeros): the same GEMMs, chunks and
-worker threads as the real engine, and nothing else but the bias add and sum.  Its
-time is the floor of minicnn's im2row + OpenBLAS design on this machine: the speed
-ratio against torch can go no higher than torch ms / gemm ms.
+GEMMs switched off (im2row/im2col, row2im/col2im, the row taps' window unrolling,
+the layout moves and the Winograd transforms do nothing; the scratch buffers are
+zeros): the same GEMMs, chunks and worker threads as the real engine, and nothing
+else but the bias add and sum.  Its time is the floor of minicnn's unrolling +
+OpenBLAS design on this machine: the speed ratio against torch can go no higher
+than torch ms / gemm ms.
 
 Also measured, in fresh processes: the first forward+backward through every conv
-route (im2col, im2row, Winograd, depthwise), pool kernel and ReLU in float32, with a warm Numba
+route (im2col, row taps, Winograd, depthwise), pool kernel and ReLU in float32, with a warm Numba
 cache (what every later run pays) and with an empty one (compilation).
 
 Writes ``ops.json`` and ``ops.md`` to ``--out`` (``ops_t1_cpu.*`` and the like for
@@ -101,13 +102,21 @@ def _framework(name):
 def _gemms_only():
     """Switch off every conv kernel but the GEMMs (see the module docstring)."""
     import threading
+    import types
 
     import numpy as np
     from minicnn.kernels import conv as kernels
+    from numba import njit
     from minicnn.ops import conv
     for name in ("transpose", "im2row", "row2im", "im2col", "col2im", "winograd_input", "winograd_output",
                  "winograd_output_grad", "winograd_input_grad"):
         setattr(kernels, name, lambda *args: None)
+    # The row taps unroll inside their Numba kernels: recompile those with no-op unrolling.
+    skip = njit(nogil=True)(lambda *args: None)
+    for name in ("rowtap_forward", "rowtap_backward"):
+        source = getattr(kernels, "_" + name)
+        scope = dict(source.__globals__, class_windows=skip, row2im=skip)
+        setattr(kernels, name, njit(nogil=True)(types.FunctionType(source.__code__, scope, name)))
     zeros = {}
 
     def scratch(name, size, dtype):    # zeros, never written by the switched-off kernels: no NaN or denormal
@@ -177,7 +186,7 @@ x = minicnn.tensor(np.ones((2, 3, 8, 8), np.float32), requires_grad=True)
 def weight(*shape):
     return minicnn.tensor(np.ones(shape, np.float32), requires_grad=True)
 y = ops.conv2d(x, weight(32, 3, 3, 3), None, 1, 1)                          # im2col (thin: K = 27)
-y = ops.conv2d(y, weight(64, 32, 3, 3), None, 1, 1)                         # im2row
+y = ops.conv2d(y, weight(64, 32, 3, 3), None, 1, 1)                         # row taps
 y = ops.conv2d(y, weight(64, 64, 3, 3), None, 1, 1)                         # Winograd
 y = ops.relu(ops.conv2d(y, weight(64, 1, 3, 3), None, 1, 1, 1, 64))         # depthwise
 y = ops.max_pool2d(y, 2) + ops.max_pool2d(y, 3, 2, 1) + ops.avg_pool2d(y, 2) + ops.adaptive_avg_pool2d(y, 4)
@@ -276,7 +285,7 @@ def markdown(rows, nets, start, setup):
                  "x = occurrences of the layer in the network (weights the totals). "
                  "GEMMs only: minicnn with every conv kernel but its GEMMs switched off (same chunks and "
                  "threads; a network's pools at their real time); ratio ceiling = torch time / that time, "
-                 "the most this im2row + OpenBLAS design could reach.")
+                 "the most this unrolling + OpenBLAS design could reach.")
     lines.append(f"First call of the conv/pool kernels in a fresh process: {start['warm_first_call_s']:.2f} s "
                  f"with a warm Numba cache, {start['cold_first_call_s']:.1f} s with an empty one "
                  f"(import minicnn: {start['import_s']:.2f} s).")
