@@ -1,5 +1,6 @@
 """Numba kernels for convolution: im2row/row2im and the layout moves for the GEMM
-route, direct depthwise loops, and the Winograd F(2x2, 3x3) transforms.
+route, the row taps (width-only windows and their GEMMs, per image), direct
+depthwise loops, and the Winograd F(2x2, 3x3) transforms.
 
 A chunk of ``nb`` images is unrolled *pixel-major* into a row matrix
 
