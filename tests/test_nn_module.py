@@ -310,6 +310,16 @@ def test_linear_vs_torch(against_torch, torch, rng):
     against_torch(ops.linear, torch.nn.functional.linear, x, w, b)
 
 
+def test_large_linear_splits_its_outputs_over_the_workers(rng):
+    """Above MIN_PARALLEL the forward GEMM runs as two halves of the output features: the
+    same values as one GEMM (an odd count, leading axes and the bias included)."""
+    x, w, b = rng.standard_normal((2, 40, 150)), rng.standard_normal((91, 150)), rng.standard_normal(91)
+    assert 80 * w.size >= importlib.import_module("minicnn.ops.linear").MIN_PARALLEL
+    out = ops.linear(tensor(x), tensor(w), tensor(b))
+    assert out.shape == (2, 40, 91)
+    np.testing.assert_allclose(out.data, x @ w.T + b, rtol=1e-12, atol=1e-12)
+
+
 def test_linear_module_shapes_dtype_and_mismatch_error():
     layer = nn.Linear(4, 3)
     assert layer.weight.shape == (3, 4) and layer.bias.shape == (3,)

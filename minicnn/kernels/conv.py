@@ -65,6 +65,15 @@ def _transpose_tiles(src, bias, dst, tile):
                         dst[_u(b), _u(s), _u(r)] = src[_u(b), _u(r), _u(s)] + v
 
 
+def _add_bias(y, bias):
+    """y[r, o] += bias[o] for the rows of y (M, O): a GEMM's channels-last output.
+    (NumPy's broadcast add runs its inner loop over only O values per row: as slow as the
+    Fashion-MNIST CNN's first-layer GEMM itself, 0.10 ms per chunk.)"""
+    for r in range(y.shape[0]):
+        for o in range(y.shape[1]):
+            y[_u(r), _u(o)] += bias[_u(o)]
+
+
 def _im2row(xh, groups, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, rows):
     """xh (nb, H, W, C) -> rows (nb*Ho*Wo, C*kh*kw), see the module docstring."""
     nb, H, W, C = xh.shape
@@ -138,6 +147,7 @@ def _row2im(rows, groups, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dxh):
 
 transpose_tiles = njit(cache=True, nogil=True, inline="always")(_transpose_tiles)
 transpose = njit(cache=True, nogil=True)(_transpose)
+add_bias = njit(cache=True, nogil=True)(_add_bias)
 im2row = njit(cache=True, nogil=True)(_im2row)
 row2im = njit(cache=True, nogil=True)(_row2im)
 

@@ -338,7 +338,7 @@ class Conv2d(Function):
                 yt = out.reshape(-1, L, O)
                 np.matmul(plan.cols(x[part]).transpose(0, 2, 1), w2.T, out=yt)
                 if b is not None:
-                    yt += bias
+                    K.add_bias(yt.reshape(-1, O), bias)
                 return
             if xh_all is not None:
                 xh = xh_all[part]
@@ -357,7 +357,7 @@ class Conv2d(Function):
             else:
                 np.matmul(plan.grouped(plan.rows(xh)), wr_t, out=plan.grouped(yt))
             if b is not None:
-                yt += bias
+                K.add_bias(yt, bias)
 
         parallel_for(plan.n_chunks, chunk)
         return y.transpose(0, 3, 1, 2) if plan.channels_last else y

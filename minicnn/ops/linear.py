@@ -4,7 +4,7 @@ import numpy as np
 from .._runtime import parallel_for
 from ..tensor import Function
 
-MIN_PARALLEL = 1 << 20   # multiply-adds per GEMM below which the backward GEMMs run in turn
+MIN_PARALLEL = 1 << 20   # multiply-adds per GEMM below which the GEMMs run in turn, unsplit
 
 
 class Linear(Function):
@@ -16,7 +16,20 @@ class Linear(Function):
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        y = x @ w.T
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] * w.size >= MIN_PARALLEL and w.shape[0] >= 2:
+            # Halves of the output features on two workers, each a single-threaded GEMM
+            # (Fashion-MNIST CNN's 3136->128, batch 64: 0.67 -> 0.43 ms; halves of the
+            # batch instead, each reading all of W: 0.53 ms).
+            halves = (slice(0, w.shape[0] // 2), slice(w.shape[0] // 2, None))
+            parts = [None, None]
+
+            def half(k):
+                parts[k] = x2 @ w[halves[k]].T
+            parallel_for(2, half)
+            y = np.concatenate(parts, axis=1).reshape(x.shape[:-1] + (w.shape[0],))
+        else:
+            y = x @ w.T
         if b is not None:
             y += b
         return y
