@@ -287,7 +287,8 @@ def test_row_taps_need_blas_gemm_else_im2row(monkeypatch, rng):
     x = rng.standard_normal((3, 8, 6, 5)).astype(np.float32)
     w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
     geometry = ((2, 2), (1, 1), (1, 1), 1, (3, 3))
-    assert all(GEMM[np.dtype(t)] is not None for t in (np.float32, np.float64))   # NumPy's OpenBLAS here
+    if GEMM[np.dtype(np.float32)] is None:     # found wherever NumPy's wheels run on Linux (test_kernels_blas)
+        pytest.skip("no CBLAS gemm found in this process's BLAS: every conv runs on im2row")
     assert conv_mod._Plan(x.shape, w, geometry).row_taps
     assert not conv_mod._Plan(x.shape, w[:, :4], geometry[:3] + (2,) + geometry[4:]).row_taps   # groups
     results = []

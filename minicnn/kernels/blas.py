@@ -32,10 +32,17 @@ _SYMBOLS = (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_
 
 
 def _find(prefix, real):
-    """The CBLAS ``prefix + 'gemm'`` (prefix 's' or 'd') of a loaded BLAS, typed, or None."""
+    """The CBLAS ``prefix + 'gemm'`` (prefix 's' or 'd') of a loaded BLAS, typed, or None.
+    Symbol by symbol, so that NumPy's own (scipy-openblas) wins over any other BLAS that
+    this process may have mapped."""
+    libraries = []
     for path in loaded_libraries("blas"):
-        lib = ctypes.CDLL(path)
-        for stem, suffix, integer in _SYMBOLS:
+        try:
+            libraries.append(ctypes.CDLL(path))
+        except OSError:         # mapped but not loadable by name: not ours to call
+            pass
+    for stem, suffix, integer in _SYMBOLS:
+        for lib in libraries:
             fn = getattr(lib, f"{stem}{prefix}gemm{suffix}", None)
             if fn is not None:
                 enum, ptr = ctypes.c_int, ctypes.c_void_p
