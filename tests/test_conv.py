@@ -80,7 +80,8 @@ def route(request, monkeypatch):
     """Run every ungrouped conv that is not 1x1 on the im2col route, or none on it: im2row
     only, or the row taps, or, on top of that, every 3x3 stride-1 ungrouped conv on Winograd."""
     monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 10**9 if request.param == "im2col" else 0)
-    monkeypatch.setattr(conv_mod, "ROW_TAPS", request.param != "im2row")
+    monkeypatch.setattr(conv_mod, "ROW_TAPS_MIN_PIXELS", 10**9 if request.param == "im2row" else 0)
+    monkeypatch.setattr(conv_mod, "ROW_TAPS_MAX_WEIGHT", 10**9)
     if request.param == "winograd":
         monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1)
     return request.param
@@ -279,24 +280,32 @@ def test_same_matches_torch_same_at_stride_1(torch, against_torch):
                   lambda *t: torch.nn.functional.conv2d(*t, padding="same", dilation=(1, 2)), x, w, b)
 
 
-def test_row_taps_need_blas_gemm_else_im2row(monkeypatch, rng):
-    """The row taps are the default for the ungrouped convolutions left for im2row, and
-    call BLAS's own gemm (kernels.blas); without it (another BLAS, not Linux) the same
-    convolution runs on im2row, with the same values and gradients."""
+def test_row_taps_where_they_win_and_need_blas_gemm(monkeypatch, rng):
+    """The row taps take the ungrouped convolutions left for im2row with at least
+    ROW_TAPS_MIN_PIXELS output pixels per image and at most ROW_TAPS_MAX_WEIGHT weights
+    per kernel row, and call BLAS's own gemm (kernels.blas); without it (another BLAS,
+    not Linux) the same convolution runs on im2row, with the same values and gradients."""
     from minicnn.kernels.blas import GEMM
-    x = rng.standard_normal((3, 8, 6, 5)).astype(np.float32)
-    w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
-    geometry = ((2, 2), (1, 1), (1, 1), 1, (3, 3))
     if GEMM[np.dtype(np.float32)] is None:     # found wherever NumPy's wheels run on Linux (test_kernels_blas)
         pytest.skip("no CBLAS gemm found in this process's BLAS: every conv runs on im2row")
-    assert conv_mod._Plan(x.shape, w, geometry).row_taps
-    assert not conv_mod._Plan(x.shape, w[:, :4], geometry[:3] + (2,) + geometry[4:]).row_taps   # groups
+    x = rng.standard_normal((3, 8, 16, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    geometry = ((2, 1), (1, 1), (1, 1), 1, (8, 9))             # 72 output pixels per image
+
+    def plan(x_shape=x.shape, w=w, geometry=geometry):
+        return conv_mod._Plan(x_shape, w, geometry)
+    assert plan().row_taps
+    assert not plan(w=w[:, :4], geometry=geometry[:3] + (2,) + geometry[4:]).row_taps   # groups
+    assert not plan((3, 8, 14, 9), geometry=geometry[:4] + ((7, 9),)).row_taps         # 63 pixels
+    wide = np.zeros((conv_mod.ROW_TAPS_MAX_WEIGHT // 24 + 1, 8, 3, 3), np.float32)
+    assert not plan(w=wide).row_taps                                                    # kw·C·O too large
     results = []
     for gemm in (GEMM[np.dtype(np.float32)], None):
         monkeypatch.setitem(GEMM, np.dtype(np.float32), gemm)
-        assert conv_mod._Plan(x.shape, w, geometry).row_taps == (gemm is not None)
+        assert plan().row_taps == (gemm is not None)
         xt, wt = tensor(x, requires_grad=True), tensor(w, requires_grad=True)
-        y = ops.conv2d(xt, wt, stride=2, padding=1)
+        y = ops.conv2d(xt, wt, stride=(2, 1), padding=1)
+        assert y.shape == (3, 4, 8, 9)
         y.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape))
         results.append((y.data, xt.grad, wt.grad))
     for got, want in zip(*results):

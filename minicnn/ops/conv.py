@@ -93,13 +93,21 @@ WINOGRAD_MIN_CHANNELS = 64
 # 26.8 -> 32.9 ms, and at K = 144 im2row's GEMMs alone are 1.7x faster.
 IM2COL_MAX_K = 32
 # Convolutions left for im2row take the row taps instead when BLAS's own gemm is at
-# hand (``kernels.blas.GEMM``).  Whole steps on two workers, im2row -> row taps (first
-# for vertical stride 1 only), training / inference img/s: ResNet-20 (batch 128)
-# 452 -> 541 / 1,486 -> 1,860, Fashion-MNIST CNN (64) 4,131 -> 4,401 / 11,091 -> 12,169;
-# ResNet-20's two stride-2 layers too: 532 -> 540 / 1,816 -> 1,856.  Winograd keeps the
-# 64-channel layers: row taps there instead gave ResNet-20 529 / 1,878 and the improved
-# CIFAR CNN 716 -> 629 / 2,232 -> 2,030.
-ROW_TAPS = True
+# hand (``kernels.blas.GEMM``), each image has at least ROW_TAPS_MIN_PIXELS output
+# pixels and a kernel row's weight (kw·C, O) at most ROW_TAPS_MAX_WEIGHT elements.
+# Whole steps on two workers, im2row -> row taps (first for vertical stride 1 only),
+# training / inference img/s: ResNet-20 (batch 128) 452 -> 541 / 1,486 -> 1,860,
+# Fashion-MNIST CNN (64) 4,131 -> 4,401 / 11,091 -> 12,169; ResNet-20's two stride-2
+# layers too: 532 -> 540 / 1,816 -> 1,856.  Winograd keeps the 64-channel layers: row
+# taps there instead gave ResNet-20 529 / 1,878 and the improved CIFAR CNN 716 -> 629 /
+# 2,232 -> 2,030.  The per-image weight-gradient GEMMs have K = output pixels of the
+# image, and each adds into all of dW: with few pixels and a large weight that traffic
+# loses.  Single layers, batch 128, forward+backward, im2row / row taps (pixels, weight):
+# 32->32 on 8x8 1.17x (64, 3K), 32->64 s2 on 8x8 0.86x (16, 6K), 32->48 on 6x6 0.89x
+# (36, 4.6K), 64->128 s2 on 16x16 0.93x (64, 25K) and on 32x32 1.03x (256, 25K),
+# 128->256 s2 on 8x8 0.64x (16, 98K).
+ROW_TAPS_MIN_PIXELS = 64
+ROW_TAPS_MAX_WEIGHT = 16384
 _FLOATS = (np.float32, np.float64)
 _NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
 
@@ -130,8 +138,9 @@ class _Plan:
                          and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS)
         self.im2col = (not (self.pointwise or self.winograd) and self.groups == 1
                        and self.K <= IM2COL_MAX_K)
-        self.row_taps = (ROW_TAPS and GEMM[w.dtype] is not None and self.groups == 1
-                         and not (self.pointwise or self.winograd or self.im2col))
+        self.row_taps = (GEMM[w.dtype] is not None and self.groups == 1
+                         and not (self.pointwise or self.winograd or self.im2col)
+                         and self.L >= ROW_TAPS_MIN_PIXELS and w.shape[3] * self.C * self.O <= ROW_TAPS_MAX_WEIGHT)
         self.via_nhwc = not (self.im2col or self.depthwise)     # im2row, row taps, 1x1, Winograd: NHWC input
         self.channels_last = not self.depthwise                   # output and input gradient layout
         self.tiles = (-(-Ho // 2), -(-Wo // 2))
