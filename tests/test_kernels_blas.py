@@ -30,3 +30,14 @@ def test_gemm_adds_into_a_block_at_an_offset(dtype, trans_a, trans_b, rng):
     gemm(ROW_MAJOR, TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS, M, N, K, 0.5,
          a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 2.0, c.ctypes.data + r0 * c.strides[0], c.shape[1])
     np.testing.assert_allclose(c, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+def test_a_gemm_that_computes_wrong_is_not_taken():
+    """_works guards against a BLAS whose integer width differs from its symbol's promise."""
+    from minicnn.kernels import blas
+
+    def wrong(*args):          # leaves C as it was
+        pass
+    assert not blas._works(wrong, np.float32)
+    if blas.GEMM[np.dtype(np.float64)] is not None:
+        assert blas._works(blas.GEMM[np.dtype(np.float64)], np.float64)

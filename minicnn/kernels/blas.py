@@ -16,7 +16,8 @@ is not compiled into Numba's on-disk cache.
 ``GEMM[dtype]`` is the function for float32 (sgemm) and float64 (dgemm), or None
 where the BLAS cannot be found (not Linux, or no CBLAS symbols): the convolutions
 then keep to their ``np.matmul`` routes.  Integer arguments are 64-bit for an ILP64
-build (NumPy's wheels: symbols ending in ``64_``), else C ints.
+build (NumPy's wheels: symbols ending in ``64_``), else C ints; a function is only
+taken after it computed a small product right.
 """
 import ctypes
 
@@ -49,8 +50,18 @@ def _find(prefix, real):
                 fn.restype = None
                 fn.argtypes = [enum, enum, enum, integer, integer, integer, real, ptr, integer, ptr, integer,
                                real, ptr, integer]
-                return fn
+                if _works(fn, np.float32 if real is ctypes.c_float else np.float64):
+                    return fn
     return None
+
+
+def _works(gemm, dtype):
+    """True if ``gemm`` computes a small known product: guards against a BLAS whose integer
+    width differs from what its symbol names suggest (the result would be garbage)."""
+    a, b = np.arange(6, dtype=dtype).reshape(2, 3), np.arange(6, dtype=dtype).reshape(3, 2)
+    c = np.ones((2, 2), dtype)
+    gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, 2, 2, 3, 1.0, a.ctypes.data, 3, b.ctypes.data, 2, 1.0, c.ctypes.data, 2)
+    return bool(np.array_equal(c, a @ b + 1))
 
 
 GEMM = {np.dtype(np.float32): _find("s", ctypes.c_float), np.dtype(np.float64): _find("d", ctypes.c_double)}
