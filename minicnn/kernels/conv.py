@@ -455,10 +455,12 @@ def _winograd_input(xh, ph, pw, th, tw, taps, signs, xp, v):
                 for c in range(C):
                     xp[_u(n), _u(h + ph), _u(w + pw), _u(c)] = xh[_u(n), _u(h), _u(w), _u(c)]
     xf, vf = xp.reshape(-1), v.reshape(-1)
-    for k in range(16):
-        for n in range(nb):
-            for ty in range(th):
-                for tx in range(tw):
+    # Tile by tile, all 16 positions: the tile's 4x4 rows stay in L1 for their 64 reads
+    # (position by position, as winograd_output goes, read 8x8 images 1.5x slower).
+    for n in range(nb):
+        for ty in range(th):
+            for tx in range(tw):
+                for k in range(16):
                     out = ((k * T) + (n * th + ty) * tw + tx) * C
                     for q in range(taps.shape[1]):
                         sign = signs[k, q]
