@@ -192,7 +192,7 @@ class _Plan:
         """The transformed input tiles (16, tiles, C) of an NHWC chunk, in the worker's ``rows`` buffer."""
         n = xh.shape[0]
         v = self.buffer("rows", 16, n * self.tiles[0] * self.tiles[1], self.C)
-        in_taps, in_signs = _WINOGRAD[self.dtype][:2]
+        in_taps, in_signs = _WINOGRAD[self.dtype][0]
         K.winograd_input(xh, self.taps[2], self.taps[3], *self.tiles, in_taps, in_signs, self.padded_tiles(n), v)
         return v
 
@@ -232,17 +232,24 @@ _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
 
 
 def _terms(coef, n_out, n_in):
-    """The nonzero terms of out[p] = Σ_q coef(p, q) · in[q]: (indices, signs) as arrays."""
+    """The nonzero terms of out[p] = Σ_q coef(p, q) · in[q]: (indices, signs, counts) as arrays,
+    each row's terms in increasing q, padded with zeros to the longest row."""
     taps = [[q for q in range(n_in) if coef(p, q)] for p in range(n_out)]
-    signs = [[coef(p, q) for q in row] for p, row in enumerate(taps)]
-    return np.array(taps), np.array(signs, dtype=np.float64)
+    width = max(map(len, taps))
+    signs = [[coef(p, q) for q in row] + [0] * (width - len(row)) for p, row in enumerate(taps)]
+    counts = np.array([len(row) for row in taps])
+    return np.array([row + [0] * (width - len(row)) for row in taps]), np.array(signs, dtype=np.float64), counts
 
 
-# (Bᵀ d B)[4a + b] from d[i, j]: 4 terms each; (Aᵀ M A)[2i + j] from M[4a + b]: 9 terms each.
-_IN_TAPS, _IN_SIGNS = _terms(lambda p, q: _BT[p // 4, q // 4] * _BT[p % 4, q % 4], 16, 16)
+# (Bᵀ d B)[4a + b] from d[i, j]: 4 terms each; (Aᵀ M A)[2i + j] from M[4a + b]: 9 terms each;
+# its adjoint (A dY Aᵀ)[4a + b] from dY[i, j]: 1, 2 or 4 terms.
+_IN_TAPS, _IN_SIGNS, _ = _terms(lambda p, q: _BT[p // 4, q // 4] * _BT[p % 4, q % 4], 16, 16)
 _IN_TAPS = np.stack([_IN_TAPS // 4, _IN_TAPS % 4], axis=-1)
-_OUT_TAPS, _OUT_SIGNS = _terms(lambda p, q: _AT[p // 2, q // 4] * _AT[p % 2, q % 4], 4, 16)
-_WINOGRAD = {np.dtype(t): (_IN_TAPS, _IN_SIGNS.astype(t), _OUT_TAPS, _OUT_SIGNS.astype(t)) for t in _FLOATS}
+_OUT_TAPS, _OUT_SIGNS, _ = _terms(lambda p, q: _AT[p // 2, q // 4] * _AT[p % 2, q % 4], 4, 16)
+_OUT_GRAD_TAPS, _OUT_GRAD_SIGNS, _OUT_GRAD_COUNTS = _terms(lambda k, p: _AT[p // 2, k // 4] * _AT[p % 2, k % 4], 16, 4)
+# Per dtype: the input transform's (taps, signs), the output transform's, and its adjoint's (taps, signs, counts).
+_WINOGRAD = {np.dtype(t): ((_IN_TAPS, _IN_SIGNS.astype(t)), (_OUT_TAPS, _OUT_SIGNS.astype(t)),
+                           (_OUT_GRAD_TAPS, _OUT_GRAD_SIGNS.astype(t), _OUT_GRAD_COUNTS)) for t in _FLOATS}
 
 
 def _winograd_weight(w):
@@ -365,7 +372,7 @@ class Conv2d(Function):
                 v = plan.winograd_input(xh)
                 m = plan.buffer("yt", 16, v.shape[1], O)
                 np.matmul(v, u, out=m)
-                K.winograd_output(m, *plan.tiles, *_WINOGRAD[x.dtype][2:], out)
+                K.winograd_output(m, *plan.tiles, *_WINOGRAD[x.dtype][1], out)
             else:
                 np.matmul(plan.grouped(plan.rows(xh)), wr_t, out=plan.grouped(yt))
             if b is not None:
@@ -440,13 +447,13 @@ class Conv2d(Function):
                 K.transpose(gy3[part], _NO_BIAS[w.dtype], gh.reshape(n, L, O))
             if plan.winograd:
                 dm = plan.buffer("yt", 16, n * plan.tiles[0] * plan.tiles[1], O)
-                K.winograd_output_grad(gh, *plan.tiles, *_WINOGRAD[w.dtype][2:], dm)
+                K.winograd_output_grad(gh, *plan.tiles, *_WINOGRAD[w.dtype][2], dm)
                 if need_w:
                     np.matmul(plan.winograd_input(x[part]).transpose(0, 2, 1), dm, out=gw_parts[k])
                 if need_x:
                     dv = plan.buffer("rows", 16, dm.shape[1], plan.C)
                     np.matmul(dm, u.transpose(0, 2, 1), out=dv)
-                    K.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *_WINOGRAD[w.dtype][:2],
+                    K.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *_WINOGRAD[w.dtype][0],
                                           plan.padded_tiles(n), gx[part])
                 return
             if plan.row_taps:             # dWtᵀ has dWrᵀ's memory layout
