@@ -84,6 +84,7 @@ def route(request, monkeypatch):
     monkeypatch.setattr(conv_mod, "ROW_TAPS_MAX_WEIGHT", 10**9)
     if request.param == "winograd":
         monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1)
+        monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_WIDTH", 1)
     return request.param
 
 

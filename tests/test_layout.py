@@ -46,6 +46,7 @@ def test_conv_same_bits_in_either_layout(route, g_layout, monkeypatch, rng):
                        "pointwise": (4, 6, 1, 1),
                        "im2col": (2, 5, 3, 1), "depthwise": (4, 4, 3, 4)}[route]
     monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1 if route == "winograd" else 10**9)
+    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_WIDTH", 1)
     monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 32 if route == "im2col" else 0)
     monkeypatch.setattr(conv_mod, "ROW_TAPS_MIN_PIXELS", 0 if route == "rowtaps" else 10**9)
     monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: 2)      # several chunks, one ragged
@@ -143,6 +144,7 @@ def test_conv_inference_epilogue_equals_separate_ops(route, res_layout, monkeypa
                        "pointwise": (4, 6, 1, 1),
                        "im2col": (2, 5, 3, 1), "depthwise": (4, 4, 3, 4)}[route]
     monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1 if route == "winograd" else 10**9)
+    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_WIDTH", 1)
     monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 32 if route == "im2col" else 0)
     monkeypatch.setattr(conv_mod, "ROW_TAPS_MIN_PIXELS", 0 if route == "rowtaps" else 10**9)
     monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: 2)      # several chunks, one ragged

@@ -42,8 +42,9 @@ kernel row i's part of the rows above is then a contiguous block of wins, and kh
 per image sum into the output (BLAS's own gemm with beta = 1, ``kernels.blas``;
 ``kernels.conv.rowtap_forward``):
 
-    forward   Yᵀ_n[oh rows of tap i] += wins_n[tap i] · Wt[i]           Wt = Wrᵀ by kernel rows (kh, kw·C, O)
-    backward  dWt[i] += wins_n[tap i]ᵀ · dYᵀ_n[...],   dwins_n[tap i] += dYᵀ_n[...] · Wt[i]ᵀ,   dx = row2im(dwins)
+    forward   Yᵀ_n[oh rows of tap i] += wins_n[tap i] · Wt[i]      Wt = Wrᵀ by kernel rows (kh, kw·C, O)
+    backward  dWt[i] += wins_n[tap i]ᵀ · dYᵀ_n[...],   dwins_n[tap i] += dYᵀ_n[...] · Wt[i]ᵀ,
+              dx = row2im(dwins)
 
 wins is about kh/sh times smaller than the rows and stays in L2 between its GEMMs.
 
@@ -77,14 +78,17 @@ from .activation import CLAMPS
 # count) keeps the chunking, hence the gradients' rounding, the same on every machine.
 CHUNK_BYTES = 2 << 20
 MIN_CHUNKS = 4
-# 3x3 stride-1 ungrouped convolutions with min(C, O) >= WINOGRAD_MIN_CHANNELS use
-# Winograd F(2x2, 3x3): its 16 GEMMs have K = C and N = O, too thin for BLAS below
-# that.  Its transforms move more memory than im2row, so it gains less on two busy
-# cores than on one.  Measured forward+backward on both cores (2 workers), im2row ->
-# Winograd, two runs each: 64->64 on 8x8 13.8/14.0 -> 13.2/11.4 ms, 64->64 on 14x14
-# 22.7/21.8 -> 20.8/17.9 ms; 32->64 on 14x14 12.7/11.7 -> 17.2/11.4 ms, 32->32 on
-# 16x16 17.4/16.9 -> 28.3/17.1 ms (on one core Winograd was ahead there by 5-15%).
-WINOGRAD_MIN_CHANNELS = 64
+# 3x3 stride-1 ungrouped convolutions with min(C, O) >= WINOGRAD_MIN_CHANNELS and
+# max(C, O) >= WINOGRAD_MIN_WIDTH use Winograd F(2x2, 3x3): its 16 GEMMs have K = C and
+# N = O, too thin for BLAS below that, and its transforms cost per channel what the
+# GEMMs save per pair of channels.  Whole steps on two workers, training / inference
+# img/s, Winograd from 64 channels -> from 32 channels: Fashion-MNIST CNN (its 32->64 on
+# 14x14) 4,460 -> 4,910 / 12,757 -> 13,343, improved CIFAR CNN 752 -> 796 / 2,464 -> 2,663,
+# but ResNet-20 (32->32 on 16x16, row taps otherwise) 556 -> 537 / 1,963 -> 1,912; with
+# 64 on one side as well, the improved CNN's 32->32 stays on the row taps: 736 -> 756 /
+# 2,424 -> 2,416 (min 32 alone: 763 / 2,530).
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_WIDTH = 64
 # Ungrouped convolutions with at most IM2COL_MAX_K taps per window (C·kh·kw) use the
 # channel-major im2col route, whose GEMMs write NCHW in place: for such thin layers the
 # layout moves of im2row cost more than its faster GEMMs save.  Measured on one core,
@@ -138,7 +142,7 @@ class _Plan:
         self.depthwise = w.shape[1] == 1 and self.groups > 1
         self.taps = (sh, sw, pt, pl, dh, dw)
         self.winograd = (w.shape[2:] == (3, 3) and geometry[0] == geometry[2] == (1, 1) and self.groups == 1
-                         and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS)
+                         and min(self.C, self.O) >= WINOGRAD_MIN_CHANNELS and max(self.C, self.O) >= WINOGRAD_MIN_WIDTH)
         self.im2col = (not (self.pointwise or self.winograd) and self.groups == 1
                        and self.K <= IM2COL_MAX_K)
         self.row_taps = (GEMM[w.dtype] is not None and self.groups == 1
