@@ -434,10 +434,11 @@ col2im = njit(cache=True, nogil=True)(_col2im)
 # The sum over channels is 16 GEMMs (one per tile position ξ = 4a + b) with 2.25x
 # fewer multiplications than the direct method.  Every entry of Bᵀ d B is a
 # ±sum of 4 entries of d and every entry of Aᵀ M A a ±sum of 9 entries of M; the
-# kernels take these as tables of taps and signs (``minicnn.ops.conv``) and add whole rows of
-# channels at a time, on NHWC data, so each inner loop reads one contiguous row
-# and writes another (vectorized).  Tiles t = (n*th + ty)*tw + tx; tile (ty, tx)
-# covers rows 2ty .. 2ty + 3 of the input zero-padded by (ph, pw) at the top/left.
+# kernels take these as tables of taps and signs (``minicnn.ops.conv``) and work on whole
+# rows of channels, on NHWC data: each entry's terms are summed in one inner loop over
+# the channels (vectorized), reading a few contiguous rows and writing one.  Tiles
+# t = (n*th + ty)*tw + tx; tile (ty, tx) covers rows 2ty .. 2ty + 3 of the input
+# zero-padded by (ph, pw) at the top/left.
 
 def _winograd_input(xh, ph, pw, th, tw, taps, signs, xp, v):
     """v[ξ, t, :] = Σ_k signs[ξ, k] · d_t[taps[ξ, k, 0], taps[ξ, k, 1], :]   (the 4 terms of Bᵀ d B).

@@ -50,7 +50,7 @@ wins is about kh/sh times smaller than the rows and stays in L2 between its GEMM
 
 With one input channel per group (depthwise) the GEMMs would be too thin for
 BLAS, so ``kernels.conv.depthwise`` loops over the taps.
-Wide 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead of im2row
+Wide 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead
 (``kernels.conv.winograd_*``): 16 GEMMs per chunk on transformed 4x4 tiles,
 
     forward   M_ξ = V_ξ · U_ξ,            V = Bᵀ d B per tile, U = G g Gᵀ, y = Aᵀ M A
