@@ -10,8 +10,8 @@ def raw(a):
 
 
 # Empty arrays of each float dtype and rank for kernel arguments that are absent
-# ("no gradient wanted", "no residual"): EMPTY[dtype][ndim].
-EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (2, 3, 4)} for t in (np.float32, np.float64)}
+# ("no bias", "no gradient wanted", "no residual"): EMPTY[dtype][ndim].
+EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (1, 2, 3, 4)} for t in (np.float32, np.float64)}
 
 
 def nhwc(a):

@@ -116,7 +116,6 @@ IM2COL_MAX_K = 32
 ROW_TAPS_MIN_PIXELS = 64
 ROW_TAPS_MAX_WEIGHT = 16384
 _FLOATS = (np.float32, np.float64)
-_NO_BIAS = {np.dtype(t): np.empty(0, t) for t in _FLOATS}
 
 
 def _chunk_images(n, row_bytes_per_image):
@@ -177,7 +176,7 @@ class _Plan:
     def nhwc(self, x_c, out=None):
         """The chunk as NHWC (nb, H, W, C), in ``out`` or else the worker's ``xh`` buffer."""
         xh = self.buffer("xh", x_c.shape[0], self.H, self.W, self.C) if out is None else out
-        K.transpose(x_c.reshape(x_c.shape[0], self.C, -1), _NO_BIAS[self.dtype], xh.reshape(x_c.shape[0], -1, self.C))
+        K.transpose(x_c.reshape(x_c.shape[0], self.C, -1), EMPTY[self.dtype][1], xh.reshape(x_c.shape[0], -1, self.C))
         return xh
 
     def rows(self, xh):
@@ -215,15 +214,17 @@ def _tap_rows(kh, sh, dh, pt, H, Ho):
     (i, first wins row, first output row, output rows), the one with the most output
     rows first (on a tie, the lower i); classes (R, 3), (rho, first wins row, rows) per
     residue rho of the input rows mod sh that a tap reads."""
+    def class_rows(rho):                           # input rows rho, rho + sh, ... < H
+        return -(-(H - rho) // sh)
     reads = []
     for i in range(kh):
         rho, q = (i * dh - pt) % sh, (i * dh - pt) // sh   # output row oh reads input row (oh + q)·sh + rho
-        oh0, oh1 = max(0, -q), min(Ho, -(-(H - rho) // sh) - q)
+        oh0, oh1 = max(0, -q), min(Ho, class_rows(rho) - q)
         if oh1 > oh0:
             reads.append((i, rho, oh0 + q, oh0, oh1 - oh0))
     classes, base = {}, 0
     for rho in sorted({r[1] for r in reads}):
-        classes[rho] = (rho, base, -(-(H - rho) // sh))
+        classes[rho] = (rho, base, class_rows(rho))
         base += classes[rho][2]
     taps = sorted(((i, classes[rho][1] + k, oh0, m) for i, rho, k, oh0, m in reads), key=lambda t: -t[3])
     return np.array(taps, np.int64).reshape(-1, 4), np.array(list(classes.values()), np.int64).reshape(-1, 3)
@@ -332,7 +333,7 @@ class Conv2d(Function):
         # Output: channels-last (the NHWC routes' GEMMs write it in place; im2col's per-image
         # GEMMs write NCHW, moved in cache), except for depthwise convolutions.
         y = np.empty((N,) + out_hw + (O,) if plan.channels_last else (N, O) + out_hw, x.dtype)
-        bias = _NO_BIAS[x.dtype] if b is None else np.ascontiguousarray(b)
+        bias = EMPTY[x.dtype][1] if b is None else np.ascontiguousarray(b)
         wr_t = _rows_weight(w, groups).transpose(0, 2, 1)
         wt = _tap_weight(wr_t, plan) if plan.row_taps else None
         u = _winograd_weight(w) if plan.winograd else None
@@ -448,7 +449,7 @@ class Conv2d(Function):
                 gh = gh_all[part]
             else:
                 gh = plan.buffer("gh" if plan.winograd else "yt", n, *ctx.geometry[4], O)   # Winograd's yt holds dm
-                K.transpose(gy3[part], _NO_BIAS[w.dtype], gh.reshape(n, L, O))
+                K.transpose(gy3[part], EMPTY[w.dtype][1], gh.reshape(n, L, O))
             if plan.winograd:
                 dm = plan.buffer("yt", 16, n * plan.tiles[0] * plan.tiles[1], O)
                 K.winograd_output_grad(gh, *plan.tiles, *_WINOGRAD[w.dtype][2], dm)
