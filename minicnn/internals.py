@@ -12,6 +12,14 @@ near 1, the layer is dying).  With a loss, after one backward, per parameter:
 unit learning rate; orders of magnitude apart across layers means some layers
 learn much faster than others).
 
+Looking changes nothing: ``inspect`` and ``capture`` run the model in the mode it
+is in (train mode: BatchNorm normalizes with the batch's own statistics, dropout
+drops) and say which, but leave the running statistics, every other buffer and
+the global random stream as they found them.
+
+Where the network looks (Grad-CAM, saliency maps) is :mod:`minicnn.attribution`;
+its functions are exported here too.
+
 :func:`init_depth_study` runs the classic experiment behind He initialisation:
 through a deep plain stack of 3x3 conv + ReLU layers, the activation std stays
 roughly constant with Kaiming init (Var w = 2/fan_in) and shrinks by a constant
@@ -27,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import nn
-from .random import new_rng
+from .attribution import Attribution, grad_cam, saliency, upsample  # noqa: F401  (part of this API)
+from .random import get_state, new_rng, set_state
 from .tensor import Tensor, no_grad
 
 
@@ -55,20 +64,25 @@ class ParamStats:
 @dataclass
 class Report:
     """What :func:`inspect` found: ``layers`` in call order, ``params`` (empty without a
-    loss), and the ``loss`` value (or None)."""
+    loss), the ``loss`` value (or None), the ``mode`` the model ran in (see :func:`mode_of`)
+    and ``notes`` on how to read the rows."""
     layers: list
     params: list = field(default_factory=list)
     loss: float = None
+    mode: str = None
+    notes: list = field(default_factory=list)
 
     def column(self, attr, kind=None):
         """One field of every layer row (e.g. "std"), optionally only layers of class name ``kind``."""
         return [getattr(s, attr) for s in self.layers if kind is None or s.kind == kind]
 
     def table(self):
-        """The layers table and, after a backward, the parameters table, as text."""
-        out = format_table(("layer", "type", "output shape", "mean", "std", "zeros"),
+        """The mode line, the layers table, its notes and, after a backward, the parameters table."""
+        out = f"{describe_mode(self.mode)}\n\n" if self.mode else ""
+        out += format_table(("layer", "type", "output shape", "mean", "std", "zeros"),
                            [(s.name, s.kind, str(s.shape), f"{s.mean:+.3e}", f"{s.std:.3e}",
                              f"{100 * s.zero_fraction:.1f}%") for s in self.layers], align="lllrrr")
+        out += "".join(f"\nnote: {n}" for n in self.notes)
         if self.params:
             out += f"\n\nloss {self.loss:.6g}; gradients after one backward:\n"
             out += format_table(("parameter", "shape", "‖p‖", "‖grad‖", "‖grad‖/‖p‖"),
@@ -115,18 +129,78 @@ def forward_hooks(model, record, kinds=None):
             h.remove()
 
 
+def mode_of(model):
+    """'train' or 'eval' if every module is in that mode, else 'mixed (train: <names>)'."""
+    training = [name or "model" for name, m in model.named_modules() if m.training]
+    if not training:
+        return "eval"
+    if len(training) == len(list(model.modules())):
+        return "train"
+    return f"mixed (train: {', '.join(training)})"
+
+
+def describe_mode(mode):
+    """One line saying what ``mode`` (from :func:`mode_of`) means for a report's numbers."""
+    if mode == "eval":
+        return "eval mode: BatchNorm normalizes with its running statistics, dropout is off"
+    if mode == "train":
+        return ("train mode: BatchNorm normalizes with this batch's statistics, dropout drops "
+                "(running statistics left untouched)")
+    return f"{mode} mode; running statistics left untouched"
+
+
+@contextlib.contextmanager
+def untouched(model):
+    """Within the block the model may run in train mode: its buffers (BatchNorm's running
+    statistics) and the global random stream (dropout) are restored afterwards."""
+    saved = [(m, name, np.array(b, copy=True)) for m in model.modules() for name, b in m._buffers.items()
+             if b is not None]
+    rng = get_state()
+    try:
+        yield
+    finally:
+        set_state(rng)
+        for m, name, b in saved:
+            now = m._buffers[name]
+            if isinstance(now, np.ndarray) and now.shape == b.shape and now.flags.writeable:
+                np.copyto(now, b, casting="unsafe")
+            else:
+                m._buffers[name] = b
+
+
+class Captured(list):
+    """The list :func:`capture` returns, with the ``mode`` the model ran in."""
+    mode = None
+
+
 def capture(model, x, kinds=None):
     """Run ``model(x)`` without a graph and return [(name, module, output ndarray)] for each
-    call of a watched layer (see :func:`watched_layers`), in call order."""
-    seen = []
-    with forward_hooks(model, lambda name, m, out: seen.append((name, m, np.array(out.data))), kinds), no_grad():
+    call of a watched layer (see :func:`watched_layers`), in call order.  The result's
+    ``mode`` says which mode the model ran in; buffers are left untouched."""
+    seen = Captured()
+    seen.mode = mode_of(model)
+    with (forward_hooks(model, lambda name, m, out: seen.append((name, m, np.array(out.data))), kinds),
+          no_grad(), untouched(model)):
         model(_as_tensor(x))
     return seen
 
 
+def fresh_batch_norms(model):
+    """Names of the eval-mode batch norms with fresh statistics (running mean 0, variance 1)
+    and γ = 1, β = 0: each computes x/√(1 + eps), the identity to within eps/2."""
+    found = []
+    for name, m in model.named_modules():
+        if (isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and not m.training and m.track_running_stats
+                and not m.running_mean.any() and np.all(m.running_var == 1)
+                and (not m.affine or (np.all(m.weight.data == 1) and not m.bias.data.any()))):
+            found.append(name or "model")
+    return found
+
+
 def inspect(model, x, loss_fn=None, target=None):
-    """Run ``model`` on the batch ``x`` (in its current train/eval mode) and report per layer
-    output shape, mean, std and fraction of zeros.
+    """Run ``model`` on the batch ``x`` (in its current train/eval mode, which the report
+    names) and report per layer output shape, mean, std and fraction of zeros.  Running
+    statistics and the global random stream are left as they were.
 
     With ``loss_fn``: loss = loss_fn(output, target) (or loss_fn(output) if target is None)
     is backpropagated once, after clearing the gradients, and the report adds per
@@ -141,19 +215,23 @@ def inspect(model, x, loss_fn=None, target=None):
                                      float(a.std(dtype=np.float64)), float(np.count_nonzero(a == 0)) / max(a.size, 1)))
 
     x = _as_tensor(x)
+    mode = mode_of(model)
+    fresh = fresh_batch_norms(model)
+    notes = [f"{', '.join(fresh)}: eval-mode BatchNorm with fresh statistics (running mean 0, var 1) and "
+             "γ = 1, β = 0 is the identity (x/√(1 + eps)), so its row repeats the one before"] if fresh else []
     if loss_fn is None:
-        with forward_hooks(model, record), no_grad():
+        with forward_hooks(model, record), no_grad(), untouched(model):
             model(x)
-        return Report(layers)
+        return Report(layers, mode=mode, notes=notes)
     model.zero_grad()
-    with forward_hooks(model, record):
+    with forward_hooks(model, record), untouched(model):
         out = model(x)
     loss = loss_fn(out) if target is None else loss_fn(out, target)
     loss.backward()
     params = [ParamStats(name, tuple(p.shape), float(np.linalg.norm(p.data)),
                          float(np.linalg.norm(p.grad)) if p.grad is not None else 0.0)
               for name, p in model.named_parameters()]
-    return Report(layers, params, float(loss.item()))
+    return Report(layers, params, float(loss.item()), mode, notes)
 
 
 def _as_tensor(x):

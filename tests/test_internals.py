@@ -111,3 +111,44 @@ def test_importing_minicnn_and_internals_does_not_import_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=root))
     assert out.stdout.strip() == "False"
+
+
+def test_inspect_and_capture_leave_running_statistics_alone_and_name_the_mode():
+    model, (x, y) = small_cnn(), batch()
+    model.add_module("drop", nn.Dropout(0.5))
+    bn = model[1]
+    bn.running_mean[:] = 0.25
+    before = model.state_dict()
+    rng_before = minicnn.random.get_state()
+    train = internals.inspect(model, x, ops.cross_entropy, y)
+    captured = internals.capture(model, x)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    assert minicnn.random.get_state() == rng_before, "dropout's draws leaked into the global stream"
+    assert train.mode == captured.mode == "train"
+    assert str(train).startswith("train mode: BatchNorm normalizes with this batch's statistics")
+    # train mode really ran: the BN output has the batch's zero mean per channel, not the running one
+    bn_out = [out for name, _, out in captured if name == "1"][0]
+    np.testing.assert_allclose(bn_out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+
+    model.eval()
+    model[4].train()
+    assert internals.capture(model, x).mode == "mixed (train: 4)"
+    assert internals.inspect(model, x).mode == "mixed (train: 4)"
+
+
+def test_report_says_a_fresh_eval_batch_norm_is_the_identity():
+    model, (x, _) = small_cnn(), batch()
+    model.eval()
+    report = internals.inspect(model, x)
+    assert report.mode == "eval"
+    text = str(report)
+    assert text.startswith("eval mode: BatchNorm normalizes with its running statistics")
+    assert "note: 1: eval-mode BatchNorm with fresh statistics" in text
+    conv, bn = report.layers[:2]
+    assert bn.std == pytest.approx(conv.std / np.sqrt(1 + 1e-5), rel=1e-5)
+    model.train()
+    assert internals.inspect(model, x).notes == []
+    model.eval()
+    model[1].running_var[0] = 2.0
+    assert internals.inspect(model, x).notes == []
