@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 
 from ..io.checkpoint import save_model
+from .layer_monitor import LayerMonitor  # noqa: F401  (re-exported: every callback in one place)
+from .tensorboard import TensorBoard  # noqa: F401  (re-exported; needs the tensorboard extra only when built)
 
 
 class Callback:

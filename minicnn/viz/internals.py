@@ -65,7 +65,7 @@ def plot_filters(layer, path, max_filters=32, max_inputs=8, dpi=100):
     filter min-max scaled on its own) for RGB, or blue-white-red for grey.
     Otherwise row o shows filter o's kernels for the first ``max_inputs`` input
     channels.  Blue-white-red tiles share one symmetric scale (white = 0), so
-    magnitudes compare across the grid.
+    magnitudes compare across the grid; a colour bar gives the scale.
     """
     full = _weight_of(layer)
     w = full[:max_filters].astype(np.float64)
@@ -79,7 +79,8 @@ def plot_filters(layer, path, max_filters=32, max_inputs=8, dpi=100):
     else:
         cols, rows = min(I, max_inputs), O
         cells = [(o, i) for o in range(O) for i in range(cols)]
-    fig = Figure(figsize=(0.9 * cols + 0.6, 0.9 * rows + 0.6))
+    fig = Figure(figsize=(0.9 * cols + 1.4, 0.9 * rows + 0.8), layout="constrained")
+    shared = None
     for k, (o, i) in enumerate(cells):
         ax = fig.add_subplot(rows, cols, k + 1)
         if I == 3:
@@ -87,21 +88,26 @@ def plot_filters(layer, path, max_filters=32, max_inputs=8, dpi=100):
             lo, hi = tile.min(), tile.max()
             ax.imshow((tile - lo) / (hi - lo) if hi > lo else np.zeros_like(tile), interpolation="nearest")
         else:
-            ax.imshow(w[o, i], cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
+            shared = ax.imshow(w[o, i], cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         if not per_filter and i == 0:
             ax.set_ylabel(str(o), rotation=0, labelpad=8, fontsize=7)
         if not per_filter and o == 0:
             ax.set_title(f"in {i}", fontsize=7)
-    fig.suptitle(f"filters {tuple(full.shape)} (out, in, kh, kw)", fontsize=9)
-    fig.tight_layout()
+    title = f"filters {tuple(full.shape)} (out, in, kh, kw)"
+    if shared is not None:
+        fig.colorbar(shared, ax=fig.axes, shrink=0.6, label="weight")
+    else:  # a colour bar cannot serve tiles scaled one by one
+        title += "\neach RGB filter min-max scaled on its own"
+    fig.suptitle(title, fontsize=9)
     return _save(fig, path, dpi)
 
 
 def plot_feature_maps(model, image, path, max_channels=8, kinds=None, dpi=100):
     """The outputs of each conv layer (or of each layer of class ``kinds``) for one
-    ``image`` (C, H, W): one row per layer, its first ``max_channels`` channels."""
+    ``image`` (C, H, W): one row per layer, its first ``max_channels`` channels, sharing
+    one colour scale per row (the bar at its end)."""
     image = np.asarray(image.data if isinstance(image, Tensor) else image)
     if image.ndim != 3:
         raise ValueError(f"plot_feature_maps: expected one image (C, H, W), got shape {image.shape}")
@@ -109,16 +115,19 @@ def plot_feature_maps(model, image, path, max_channels=8, kinds=None, dpi=100):
     if not maps:
         raise ValueError("plot_feature_maps: the model has no layer of the requested kind producing (N, C, H, W)")
     cols = min(max_channels, max(m.shape[0] for _, m in maps))
-    fig = Figure(figsize=(1.2 * cols + 1.2, 1.3 * len(maps) + 0.3))
+    fig = Figure(figsize=(1.2 * cols + 2.0, 1.3 * len(maps) + 0.3), layout="constrained")
     for r, (name, fmap) in enumerate(maps):
-        for k in range(min(cols, fmap.shape[0])):
+        shown = fmap[:cols]
+        row = []
+        for k in range(len(shown)):
             ax = fig.add_subplot(len(maps), cols, r * cols + k + 1)
-            ax.imshow(fmap[k], cmap="viridis", interpolation="nearest")
+            im = ax.imshow(shown[k], cmap="viridis", vmin=shown.min(), vmax=shown.max(), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
+            row.append(ax)
             if k == 0:
                 ax.set_ylabel(f"{name}\n{fmap.shape[0]}×{fmap.shape[1]}×{fmap.shape[2]}", fontsize=7)
-    fig.tight_layout()
+        fig.colorbar(im, ax=row, shrink=0.9, pad=0.01)
     return _save(fig, path, dpi)
 
 

@@ -14,9 +14,13 @@ from matplotlib.figure import Figure
 
 
 def _save(fig, path, dpi):
+    """Write ``fig`` as PNG to ``path`` (or into a binary file object, e.g. for TensorBoard)."""
+    FigureCanvasAgg(fig)
+    if hasattr(path, "write"):
+        fig.savefig(path, dpi=dpi, format="png")
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
     fig.savefig(path, dpi=dpi)
     return path
 
