@@ -168,3 +168,17 @@ def test_bad_options_raise(bad):
 def test_needs_an_optimizer():
     with pytest.raises(TypeError, match="Optimizer"):
         StepLR([Parameter(np.zeros(1, np.float32))], step_size=1)
+
+
+def test_a_scheduler_state_that_does_not_work_changes_nothing():
+    opt = SGD([Parameter(np.zeros(2))], lr=1.0)
+    sched = CosineAnnealingLR(opt, T_max=4)
+    before = dict(sched.state_dict())
+    for state, match in [({**before, "T_max": 0}, "ZeroDivisionError"),
+                         ({**before, "last_epoch": 1.5}, "'last_epoch' must be an int"),
+                         ({**before, "eta_min": "0"}, "'eta_min' must be a float"),
+                         ({**before, "optimizer": None}, r"unexpected entries \['optimizer'\]"),
+                         ({**before, "base_lrs": [1.0, 1.0]}, "'base_lrs' has 2 rates for 1 param groups")]:
+        with pytest.raises(ValueError, match=match):
+            sched.load_state_dict(state)
+        assert sched.state_dict() == before and sched.optimizer is opt

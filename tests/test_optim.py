@@ -246,3 +246,25 @@ def test_clipping_a_single_tensor_and_no_grads():
     total = optim.clip_grad_norm_(p, 1.0)
     assert total == pytest.approx(10 * np.sqrt(p.size))
     assert np.linalg.norm(p.grad) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, options", [("SGD", dict(momentum=0.9)), ("Adam", dict(amsgrad=True)),
+                                           ("RMSprop", dict(momentum=0.5, centered=True))])
+def test_a_state_that_does_not_fit_changes_nothing(name, options):
+    """Every array of a parameter's state must have the parameter's shape (the Adam kernel
+    indexes them by its size), and every entry a step needs must be there."""
+    saved = _train(name, options, 2, _params(_initial())).state_dict()
+    params = _params(_initial(1))
+    opt = getattr(optim, name)(params, lr=0.5, **options)
+    key = next(k for k, v in saved["state"][0].items() if isinstance(v, np.ndarray))
+    cases = [({**saved["state"][0], key: np.zeros(1)}, rf"parameter 0: '{key}' has shape \(1,\)"),
+             ({**saved["state"][0], key: saved["state"][0][key] + 1j}, "complex128")]
+    if len(saved["state"][0]) > 1:   # an empty state is a parameter never stepped: fine
+        cases.append(({k: v for k, v in saved["state"][0].items() if k != key}, rf"lacks \['{key}'\]"))
+    for entries, match in cases:
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict({**saved, "state": {**saved["state"], 0: entries}})
+        assert opt.state == {} and opt.param_groups[0]["lr"] == 0.5
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["lr"] == saved["param_groups"][0]["lr"]
+    assert all(np.array_equal(opt.state[id(params[0])][k], v) for k, v in saved["state"][0].items())

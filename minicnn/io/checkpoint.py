@@ -9,8 +9,11 @@ reads it back, so loading a file runs no code from it.  Dict keys must be
 strings or ints; ints come back as strings (the optimizer accepts both).
 
 Writes are atomic: the file is written to a temporary name in the same
-directory, flushed to disk (fsync), then moved over the destination with
-``os.replace``.  A crash mid-write leaves the previous checkpoint untouched.
+directory (``.<name>.XXXXXXXX.tmp``, locked while written), flushed to disk
+(fsync), then moved over the destination with ``os.replace``.  A crash
+mid-write leaves the previous checkpoint untouched; the orphaned temporary is
+removed by the next save or load of that checkpoint (only unlocked files of
+exactly that name pattern: never a temporary another process is writing).
 
 Two kinds of file:
 
@@ -21,26 +24,42 @@ Two kinds of file:
   (:func:`minicnn.random.get_state`) and anything else given (loader states,
   history, callback states), everything needed to resume a run exactly.
 
-A truncated or corrupt file, a file that is not a minicnn checkpoint, or a
-checkpoint of another architecture raises :class:`CheckpointError` naming the
-file and the problem.
+Loading is all or nothing.  Reading a file allocates no more than its arrays
+as the zip declares them, at most ``max_bytes`` (default: 4x the file's size;
+``np.savez`` stores arrays uncompressed, so a checkpoint minicnn wrote needs
+1x); every metadata field and every array (shape, dtype, finite values) is
+checked against the model, optimizer, scheduler and RNG before any of them
+changes.  Anything wrong raises :class:`CheckpointError` (a
+:class:`~minicnn.errors.FileFormatError`, so a ``ValueError``) naming the file
+and the field; past the memory bound, :class:`~minicnn.errors.LimitExceededError`.
 """
 import json
 import os
+import re
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .. import random as mrandom
+from ..errors import FileFormatError, LimitExceededError
+
+try:
+    import fcntl
+except ImportError:  # Windows: a file open for writing cannot be deleted, which is lock enough
+    fcntl = None
 
 FORMAT = "minicnn-checkpoint"
 VERSION = 1
 _META = "__meta__"
+EXPANSION = 4          # default bound on the bytes read, as a multiple of the file's size
+_MAX_DEPTH = 100       # metadata nesting; minicnn's own trees are a few levels deep
+_TEMP_TAIL = re.compile(r"[a-z0-9_]{8}\.tmp")   # tempfile.mkstemp's 8 random characters
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FileFormatError):
     """A checkpoint file that cannot be read, or does not fit what it is loaded into."""
 
 
@@ -68,15 +87,23 @@ def _encode(obj, path, arrays):
                     "dicts, lists, tuples, numbers, strings, None and ndarrays are allowed")
 
 
-def _decode(obj, arrays):
+def _decode(obj, arrays, depth=0):
+    """The tree ``obj`` (JSON) describes; ValueError for a malformed one."""
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"metadata is nested deeper than {_MAX_DEPTH} levels")
     if isinstance(obj, list):
-        return [_decode(v, arrays) for v in obj]
+        return [_decode(v, arrays, depth + 1) for v in obj]
     if isinstance(obj, dict):
-        if set(obj) == {"__array__"}:
-            return arrays[obj["__array__"]]
-        if set(obj) == {"__tuple__"}:
-            return tuple(_decode(v, arrays) for v in obj["__tuple__"])
-        return {k: _decode(v, arrays) for k, v in obj.items()}
+        if "__array__" in obj:
+            name = obj["__array__"]
+            if len(obj) != 1 or not isinstance(name, str) or name not in arrays:
+                raise ValueError(f"metadata entry {obj!r:.80} names no array of the file ('__array__')")
+            return arrays[name]
+        if "__tuple__" in obj:
+            if len(obj) != 1 or not isinstance(obj["__tuple__"], list):
+                raise ValueError(f"metadata entry {obj!r:.80} is not a list marked '__tuple__'")
+            return tuple(_decode(v, arrays, depth + 1) for v in obj["__tuple__"])
+        return {k: _decode(v, arrays, depth + 1) for k, v in obj.items()}
     return obj
 
 
@@ -90,18 +117,63 @@ def save_state(path, tree, kind="state"):
     members = dict(arrays)
     members[_META] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_orphans(path)
+    fd, tmp = _locked_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **members)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)   # before the lock goes with the file
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _locked_temp(path):
+    """A new temporary file beside ``path``, open and locked against :func:`remove_orphans`."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd, tmp
+        os.close(fd)   # a cleaner removed it between its creation and our lock
+
+
+def remove_orphans(path):
+    """Delete the temporaries that interrupted saves of ``path`` left behind.
+
+    Only files named as :func:`save_state` names its own (``.<name>.XXXXXXXX.tmp``)
+    and not locked by a save still running; returns the paths removed.
+    """
+    path = Path(path)
+    prefix = f".{path.name}."
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(prefix)
+                 and _TEMP_TAIL.fullmatch(e.name[len(prefix):]) and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        tmp = path.parent / name
+        try:
+            if fcntl is None:
+                tmp.unlink()
+            else:
+                fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held: a save is writing it
+                    tmp.unlink()
+                finally:
+                    os.close(fd)
+        except OSError:
+            continue
+        removed.append(tmp)
+    return removed
 
 
 def _fsync_dir(folder):
@@ -118,35 +190,99 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def load_state(path, kind=None):
-    """Read a tree written by :func:`save_state`; ``kind`` (if given) must match the file's."""
+def _read_arrays(path, max_bytes):
+    """Every member of the .npz at ``path``.  Before anything is allocated, each member's
+    .npy header must ask for exactly the bytes the zip declares for it, and all of them
+    together for at most ``max_bytes``."""
+    budget = EXPANSION * path.stat().st_size if max_bytes is None else max_bytes
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        total = sum(i.file_size for i in infos)
+        if total > budget:
+            allowed = "max_bytes" if max_bytes is not None else f"{EXPANSION}x the file's size"
+            raise LimitExceededError(f"its arrays take {total} bytes, more than the {budget} allowed "
+                                     f"({allowed}); pass a larger max_bytes= to read it", path)
+        for info in infos:
+            with zf.open(info) as f:
+                _check_header(f, info)
+        arrays = {}
+        for info in infos:
+            with zf.open(info) as f:   # reading every byte checks the member's CRC
+                array = np.lib.format.read_array(f, allow_pickle=False)
+            arrays[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = array
+    return arrays
+
+
+def _check_header(f, info):
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"member {info.filename!r} has .npy version {version}")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename!r} holds Python objects")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes != info.file_size - f.tell():
+        raise ValueError(f"member {info.filename!r}: its header asks for {nbytes} bytes, "
+                         f"the zip holds {info.file_size - f.tell()}")
+
+
+def load_state(path, kind=None, max_bytes=None):
+    """Read a tree written by :func:`save_state`; ``kind`` (if given) must match the file's.
+
+    ``max_bytes`` bounds the memory its arrays may take (default: 4x the file's size).
+    Orphaned temporaries of ``path`` (:func:`remove_orphans`) are removed first.
+    """
     path = Path(path)
+    remove_orphans(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}  # reads every member, so CRC errors surface here
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
-                              f"({type(e).__name__}: {e})") from e
+        arrays = _read_arrays(path, max_bytes)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError) as e:   # RuntimeError: an encrypted member
+        if isinstance(e, FileFormatError):
+            raise
+        raise CheckpointError(f"truncated or corrupt, cannot be read ({type(e).__name__}: {e})", path) from e
     if _META not in arrays:
-        raise CheckpointError(f"{path} is an .npz but not a minicnn checkpoint (no {_META!r} entry)")
+        raise CheckpointError(f"an .npz but not a minicnn checkpoint (no {_META!r} entry)", path)
     try:
         meta = json.loads(str(arrays.pop(_META)))
+    except RecursionError as e:
+        raise CheckpointError("corrupt metadata (nested too deeply)", path) from e
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint {path} has corrupt metadata ({e})") from e
+        raise CheckpointError(f"corrupt metadata ({e})", path) from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"corrupt metadata: the metadata is a {type(meta).__name__}, expected a dict", path)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a minicnn checkpoint (format {meta.get('format')!r})")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {meta['version']}; this minicnn "
-                              f"reads up to {VERSION} (upgrade minicnn)")
+        raise CheckpointError(f"not a minicnn checkpoint (format {meta.get('format')!r:.80})", path)
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"metadata field 'version' must be an int, got {version!r:.80}", path)
+    if version > VERSION:
+        raise CheckpointError(f"format version {version}; this minicnn reads up to {VERSION} "
+                              "(upgrade minicnn)", path)
     if kind is not None and meta.get("kind") != kind:
-        raise CheckpointError(f"checkpoint {path} holds a {meta.get('kind')!r} state, "
-                              f"expected a {kind!r} one")
+        raise CheckpointError(f"holds a {meta.get('kind')!r:.80} state, expected a {kind!r} one", path)
+    if "tree" not in meta:
+        raise CheckpointError("metadata has no 'tree'", path)
     try:
         return _decode(meta["tree"], arrays)
-    except KeyError as e:
-        raise CheckpointError(f"checkpoint {path} is missing the array {e} its metadata names") from e
+    except ValueError as e:
+        raise CheckpointError(str(e), path) from e
+
+
+def _fields(path, tree, types):
+    """``tree``, after checking it is a dict whose fields ``types`` names have those types."""
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"the checkpoint holds a {type(tree).__name__}, expected a dict of fields", path)
+    for name, want in types.items():
+        if name not in tree:
+            raise CheckpointError(f"field {name!r} is missing", path)
+        if not isinstance(tree[name], want) or isinstance(tree[name], bool):
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise CheckpointError(f"field {name!r} must be a {names}, got a {type(tree[name]).__name__}", path)
+    return tree
 
 
 # ---------------------------------------------------------------------- models
@@ -169,8 +305,16 @@ def _check_weights(path, model, weights, saved_class, strict):
     shape_problems = [p for p in problems if ": saved shape" in p]
     if shape_problems or (strict and key_mismatch):
         raise CheckpointError(
-            f"checkpoint {path} was saved from a {saved_class} whose weights do not fit this "
-            f"{type(model).__name__} (another architecture?):\n" + "\n".join(problems))
+            f"saved from a {saved_class} whose weights do not fit this "
+            f"{type(model).__name__} (another architecture?):\n" + "\n".join(problems), path)
+
+
+def _load_weights(path, model, weights, strict):
+    """``model.load_state_dict``, which checks every array before it changes any."""
+    try:
+        model.load_state_dict(weights, strict=strict)
+    except ValueError as e:
+        raise CheckpointError(f"model weights do not fit: {e}", path) from e
 
 
 def save_model(path, model, metadata=None):
@@ -179,19 +323,21 @@ def save_model(path, model, metadata=None):
                              "metadata": dict(metadata or {})}, kind="model")
 
 
-def load_model(path, model, strict=True):
+def load_model(path, model, strict=True, max_bytes=None):
     """Load weights saved by :func:`save_model` (or a training state) into ``model``.
 
-    Returns the saved metadata dict.  Raises :class:`CheckpointError` if the
-    weights' names or shapes do not fit (any shape mismatch; with ``strict``,
-    also missing or extra names).
+    Returns the saved metadata dict.  Raises :class:`CheckpointError`, with the
+    model unchanged, if the weights' names or shapes do not fit (any shape
+    mismatch; with ``strict``, also missing or extra names), or an array is not
+    real, finite, or convertible to its weight's dtype.  ``max_bytes``: see
+    :func:`load_state`.
     """
-    tree = load_state(path)
-    if "model" not in tree:
-        raise CheckpointError(f"checkpoint {path} holds no model weights")
+    tree = _fields(path, load_state(path, max_bytes=max_bytes), {"model": dict})
+    tree = _fields(path, tree, {"architecture": str}) if "architecture" in tree else tree
+    metadata = _fields(path, tree, {"metadata": dict})["metadata"] if "metadata" in tree else {}
     _check_weights(path, model, tree["model"], tree.get("architecture", "model"), strict)
-    model.load_state_dict(tree["model"], strict=strict)
-    return tree.get("metadata", {})
+    _load_weights(path, model, tree["model"], strict)
+    return metadata
 
 
 # ------------------------------------------------------------- training state
@@ -205,24 +351,60 @@ def save_training_state(path, model, optimizer, scheduler=None, epoch=0, **extra
     return save_state(path, tree, kind="training")
 
 
-def load_training_state(path, model, optimizer, scheduler=None):
+def load_training_state(path, model, optimizer, scheduler=None, check_extra=None, max_bytes=None):
     """Restore model, optimizer, scheduler and the global RNG from ``path``.
 
     Returns ``{'epoch': int, **extra}`` with the extra trees given to
-    :func:`save_training_state`.  Everything is checked before anything is changed.
+    :func:`save_training_state`.  All or nothing: every field is checked first
+    (the weights against the model, the optimizer state against its parameters,
+    the scheduler state, the RNG state, and ``check_extra(result)`` if given,
+    which may raise ValueError for the caller's own trees); on any error a
+    :class:`CheckpointError` names the file and the field, and nothing has changed.
     """
-    tree = load_state(path, kind="training")
+    tree = _fields(path, load_state(path, kind="training", max_bytes=max_bytes),
+                   {"architecture": str, "model": dict, "optimizer": dict, "scheduler": (dict, type(None)),
+                    "epoch": int, "rng": (str, dict), "extra": dict})
+    if tree["epoch"] < 0:
+        raise CheckpointError(f"field 'epoch' must be >= 0, got {tree['epoch']}", path)
     if (tree["scheduler"] is None) != (scheduler is None):
         saved = "a" if tree["scheduler"] is not None else "no"
         given = "one was" if scheduler is not None else "none was"
-        raise CheckpointError(f"checkpoint {path} has {saved} LR scheduler state but {given} given")
+        raise CheckpointError(f"has {saved} LR scheduler state but {given} given", path)
     _check_weights(path, model, tree["model"], tree["architecture"], strict=True)
-    try:  # validates the groups before changing anything
-        optimizer.load_state_dict(tree["optimizer"])
-    except (ValueError, IndexError) as e:
-        raise CheckpointError(f"checkpoint {path}: optimizer state does not fit: {e}") from e
-    model.load_state_dict(tree["model"])
+    try:
+        optimizer.check_state_dict(tree["optimizer"])
+    except ValueError as e:
+        raise CheckpointError(f"optimizer state does not fit: {e}", path) from e
+    if scheduler is not None:
+        try:
+            scheduler.check_state_dict(tree["scheduler"])
+        except ValueError as e:
+            raise CheckpointError(f"LR scheduler state does not fit: {e}", path) from e
+    rng = _checked_rng(path, tree["rng"])
+    result = {"epoch": tree["epoch"], **tree["extra"]}
+    if check_extra is not None:
+        try:
+            check_extra(result)
+        except CheckpointError:
+            raise
+        except ValueError as e:
+            raise CheckpointError(str(e), path) from e
+    # Everything is valid: the model checks its arrays again before changing any, and
+    # the loads below repeat checks that have passed, so none of them can fail midway.
+    _load_weights(path, model, tree["model"], strict=True)
+    optimizer.load_state_dict(tree["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(tree["scheduler"])
-    mrandom.set_state(tree["rng"])
-    return {"epoch": int(tree["epoch"]), **tree["extra"]}
+    mrandom.set_state(rng)
+    return result
+
+
+def _checked_rng(path, state):
+    """The RNG state ``state`` (a JSON string or dict), after a trial on a spare generator."""
+    try:
+        state = json.loads(state) if isinstance(state, str) else state
+        type(mrandom.default_rng().bit_generator)().state = state
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as e:
+        raise CheckpointError(f"field 'rng' is not a state of the global generator "
+                              f"({type(e).__name__}: {e})", path) from e
+    return state

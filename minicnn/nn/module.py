@@ -175,8 +175,11 @@ class Module:
         """Copy arrays from ``state_dict`` into the parameters and buffers.
 
         With ``strict`` every key must match and no key may be left over.
-        Shapes must always match.  Errors list every problem at once; nothing
-        is modified unless the whole dict is valid.  Returns (missing, unexpected).
+        Shapes must always match, and every value must convert to its target's
+        dtype without losing anything: real numbers only (no strings, objects
+        or complex values), no floats into integer buffers, integers in range,
+        floats finite after conversion.  Errors list every problem at once;
+        nothing is modified unless the whole dict is valid.  Returns (missing, unexpected).
         """
         targets = {}
         for mod_name, mod in self.named_modules():
@@ -189,29 +192,48 @@ class Module:
                     targets[pre + name] = (mod, name, "buffer")
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in state_dict if k not in targets]
-        problems = []
+        problems, converted = [], {}
         for k, (mod, name, kind) in targets.items():
-            if k in state_dict:
-                have = np.shape(mod._parameters[name].data if kind == "param" else mod._buffers[name])
-                got = np.shape(state_dict[k])
-                if have != got:
-                    problems.append(f"  {k}: checkpoint shape {got}, model shape {have}")
+            if k not in state_dict:
+                continue
+            have = mod._parameters[name].data if kind == "param" else np.asarray(mod._buffers[name])
+            try:
+                got = np.asarray(state_dict[k])
+            except ValueError as e:  # ragged nested lists
+                problems.append(f"  {k}: not an array ({e})")
+                continue
+            if have.shape != got.shape:
+                problems.append(f"  {k}: checkpoint shape {got.shape}, model shape {have.shape}")
+                continue
+            # Converting first lets the range check see what would actually be stored.
+            accepted = {"f": "biuf", "i": "biu", "u": "biu", "b": "b"}.get(have.dtype.kind, "")
+            if got.dtype.kind not in accepted:
+                lost = " (the imaginary part would be lost)" if got.dtype.kind == "c" else ""
+                problems.append(f"  {k}: dtype {got.dtype} cannot be loaded into the {have.dtype} {kind}{lost}")
+                continue
+            if have.dtype.kind in "iu" and got.size and got.dtype.kind != "b":
+                lo, hi = np.iinfo(have.dtype).min, np.iinfo(have.dtype).max
+                if int(got.min()) < lo or int(got.max()) > hi:
+                    problems.append(f"  {k}: values outside the range of the {have.dtype} {kind}")
+                    continue
+            value = np.array(got, dtype=have.dtype)
+            if have.dtype.kind == "f" and not np.isfinite(value).all():
+                bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+                problems.append(f"  {k}: not finite ({bad} NaN or infinite values as {have.dtype})")
+                continue
+            converted[k] = value
         if strict and missing:
             problems.append("  missing keys: " + ", ".join(missing))
         if strict and unexpected:
             problems.append("  unexpected keys: " + ", ".join(unexpected))
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__} failed:\n" + "\n".join(problems))
-        for k, (mod, name, kind) in targets.items():
-            if k not in state_dict:
-                continue
-            value = np.asarray(state_dict[k])
+        for k, value in converted.items():
+            mod, name, kind = targets[k]
             if kind == "param":
-                p = mod._parameters[name]
-                p.data = np.array(value, dtype=p.dtype)
+                mod._parameters[name].data = value
             else:
-                old = mod._buffers[name]
-                mod._buffers[name] = np.array(value, dtype=np.asarray(old).dtype)
+                mod._buffers[name] = value
         return missing, unexpected
 
     # ------------------------------------------------------------------ repr

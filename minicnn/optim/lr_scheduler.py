@@ -24,8 +24,11 @@ Linear warmup is ``LinearLR`` chained in front of another schedule:
 ``state_dict()`` / ``load_state_dict()`` hold the counter and the options, so
 a resumed run continues the same schedule.
 """
+import copy
 import math
 from bisect import bisect_right
+
+from .optimizer import _is_real
 
 _NOT_STATE = ("optimizer",)
 
@@ -72,12 +75,78 @@ class LRScheduler:
         return {k: v for k, v in self.__dict__.items() if k not in _NOT_STATE}
 
     def load_state_dict(self, state_dict):
-        self.__dict__.update(state_dict)
+        """Restore a state saved by :meth:`state_dict`; checked first (:meth:`check_state_dict`),
+        so on an error nothing has changed."""
+        self._restore(self.check_state_dict(state_dict))
+
+    def check_state_dict(self, state_dict):
+        """Validate ``state_dict`` against this scheduler without changing anything.
+
+        It must hold exactly the entries of :meth:`state_dict`, each of the same
+        type (numbers finite, ``last_epoch`` an int >= -1), and the schedule it
+        describes must compute one finite rate per parameter group at its step.
+        Returns the state to restore; raises ValueError naming the entry.
+        """
+        who = type(self).__name__
+        current = self.state_dict()
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{who} state must be a dict, got {type(state_dict).__name__}")
+        missing, unexpected = sorted(set(current) - set(state_dict)), sorted(set(state_dict) - set(current))
+        if missing or unexpected:
+            raise ValueError(f"{who} state: missing entries {missing}, unexpected entries {unexpected}")
+        state = {k: _like(state_dict[k], current[k], f"{who} state entry {k!r}") for k in current}
+        groups = len(self.optimizer.param_groups)
+        if len(state["base_lrs"]) != groups:
+            raise ValueError(f"{who} state entry 'base_lrs' has {len(state['base_lrs'])} rates "
+                             f"for {groups} param groups")
+        if not isinstance(state["last_epoch"], int) or state["last_epoch"] < -1:
+            raise ValueError(f"{who} state entry 'last_epoch' must be an int >= -1, got {state['last_epoch']!r}")
+        try:
+            lrs = self._trial(state).lr_at(state["last_epoch"])
+        except Exception as e:  # noqa: BLE001  a trial run: whatever breaks, the state is unusable
+            raise ValueError(f"{who} state cannot compute a learning rate at step {state['last_epoch']} "
+                             f"({type(e).__name__}: {e})") from e
+        if len(lrs) != groups or not all(map(_is_real, lrs)):
+            raise ValueError(f"{who} state gives the rates {list(lrs)} for {groups} param groups")
+        return state
+
+    def _trial(self, state):
+        """A copy of this scheduler holding ``state``, to try it on."""
+        trial = copy.copy(self)
+        trial.__dict__.update(state)
+        return trial
+
+    def _restore(self, state):
+        self.__dict__.update(state)
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v}" for k, v in self.state_dict().items()
                          if not k.startswith("_") and k not in ("base_lrs",))
         return f"{type(self).__name__}({opts})"
+
+
+def _like(saved, current, where):
+    """``saved`` if it has the type of ``current`` (numbers interchangeable but finite,
+    containers checked item by item), else ValueError naming ``where``."""
+    if isinstance(current, bool) or current is None or isinstance(current, str):
+        ok = type(saved) is type(current)
+    elif _is_real(current) or isinstance(current, (int, float)):
+        ok = _is_real(saved)
+    elif isinstance(current, dict):
+        if not isinstance(saved, dict) or set(saved) != set(current):
+            raise ValueError(f"{where} must be a dict with keys {sorted(current)}, got {saved!r:.80}")
+        return {k: _like(saved[k], current[k], f"{where}[{k!r}]") for k in current}
+    elif isinstance(current, (list, tuple)):
+        if not isinstance(saved, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {saved!r:.80}")
+        items = [_like(v, current[min(i, len(current) - 1)], f"{where}[{i}]") if current else
+                 _like(v, 0.0, f"{where}[{i}]") for i, v in enumerate(saved)]
+        return type(current)(items)
+    else:
+        raise ValueError(f"{where}: cannot restore a {type(current).__name__}")
+    if not ok:
+        raise ValueError(f"{where} must be a {type(current).__name__}, got {saved!r:.80}")
+    return saved
 
 
 def _positive_int(value, name, who):
@@ -172,11 +241,22 @@ class SequentialLR(LRScheduler):
         state["_schedulers"] = [s.state_dict() for s in self._schedulers]
         return state
 
-    def load_state_dict(self, state_dict):
-        state = dict(state_dict)
-        for s, sub in zip(self._schedulers, state.pop("_schedulers")):
-            s.load_state_dict(sub)
-        super().load_state_dict(state)
+    def check_state_dict(self, state_dict):
+        subs = state_dict.get("_schedulers") if isinstance(state_dict, dict) else None
+        if not isinstance(subs, list) or len(subs) != len(self._schedulers):
+            raise ValueError(f"SequentialLR state needs '_schedulers', a list of {len(self._schedulers)} states")
+        checked = [s.check_state_dict(sub) for s, sub in zip(self._schedulers, subs)]
+        return super().check_state_dict({**state_dict, "_schedulers": checked})
+
+    def _trial(self, state):
+        trial = super()._trial({k: v for k, v in state.items() if k != "_schedulers"})
+        trial._schedulers = [s._trial(sub) for s, sub in zip(self._schedulers, state["_schedulers"])]
+        return trial
+
+    def _restore(self, state):
+        for s, sub in zip(self._schedulers, state["_schedulers"]):
+            s._restore(sub)
+        super()._restore({k: v for k, v in state.items() if k != "_schedulers"})
 
 
 class OneCycleLR(LRScheduler):
