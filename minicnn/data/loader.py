@@ -9,6 +9,15 @@ uses the current ``epoch`` and then advances it.  So the same seed gives the
 same batches, and ``state_dict()`` / ``load_state_dict()`` (or
 ``set_epoch(e)``) resume at an epoch boundary exactly as an uninterrupted run.
 The prefetch thread produces the same batches in the same order.
+
+A ``sampler`` replaces the loader's own order: an object with ``__len__``,
+``__iter__`` (the indices of the current epoch, in order) and optionally
+``set_epoch(e)``, which the loader calls before each epoch e.  Its indices may
+repeat and need not cover the data: a fixed list of indices works, and so does
+one rank's share in data-parallel training
+(``minicnn.distributed.DistributedSampler``).  The loader's seed then drives
+only the transforms; a sampler's ``rank`` attribute, if it has one, is mixed
+into that stream so that the ranks of one run augment independently.
 """
 import queue
 import threading
@@ -113,14 +122,19 @@ class DataLoader:
     train: False marks an evaluation loader, which refuses a transform holding any
         augmentation (ValueError).
     num_classes: bound for the labels' check when the data has no ``classes``.
+    sampler: the indices of each epoch instead of 0..N-1 or a shuffle (see the module
+        docstring); not with ``shuffle=True``.
 
     Raises ValueError for an empty dataset, image/label count mismatch, or labels outside
     [0, num_classes).  See the module docstring for seeding and resuming.
     """
 
     def __init__(self, data, batch_size=32, shuffle=False, drop_last=False, transform=None,
-                 seed=None, prefetch=False, train=True, num_classes=None, dtype=np.float32):
+                 seed=None, prefetch=False, train=True, num_classes=None, dtype=np.float32, sampler=None):
         self.images, self.labels, self.classes = _unpack(data, num_classes)
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: pass shuffle=True or a sampler, not both (the sampler sets the order)")
+        self.sampler = sampler
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if transform is not None and not callable(transform):
@@ -144,11 +158,12 @@ class DataLoader:
         self.seed = 0 if deterministic else _seed_from(seed)
         self.epoch = 0
         if len(self) == 0:
-            raise ValueError(f"drop_last with batch_size {batch_size} > {len(self.labels)} images "
+            raise ValueError(f"the sampler {sampler!r} gives no index" if sampler is not None and not len(sampler)
+                             else f"drop_last with batch_size {batch_size} > {len(self.labels)} images "
                              "leaves no batch")
 
     def __len__(self):
-        n, b = len(self.labels), self.batch_size
+        n, b = len(self.labels) if self.sampler is None else len(self.sampler), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     @property
@@ -170,13 +185,27 @@ class DataLoader:
         self.set_epoch(int(state["epoch"]))
 
     def epoch_rng(self, epoch):
-        """The Generator that drives epoch ``epoch``: SeedSequence([seed, epoch])."""
-        return np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch)]))
+        """The Generator that drives epoch ``epoch``: SeedSequence([seed, epoch]), with the
+        sampler's ``rank`` appended if it has one."""
+        rank = getattr(self.sampler, "rank", None)
+        key = [self.seed, int(epoch)] + ([] if rank is None else [int(rank)])
+        return np.random.default_rng(np.random.SeedSequence(key))
+
+    def _order(self, epoch, rng):
+        if self.sampler is None:
+            n = len(self.labels)
+            return rng.permutation(n) if self.shuffle else np.arange(n)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        order = np.fromiter(self.sampler, np.int64, count=len(self.sampler))
+        if order.size and not 0 <= order.min() <= order.max() < len(self.labels):
+            raise IndexError(f"DataLoader: the sampler gave indices in [{order.min()}, {order.max()}], "
+                             f"outside the {len(self.labels)} images")
+        return order
 
     def _batches(self, epoch):
         rng = self.epoch_rng(epoch)
-        n = len(self.labels)
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        order = self._order(epoch, rng)
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             x = self.images[idx]                      # fancy indexing: a copy, never a view

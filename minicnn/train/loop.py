@@ -23,6 +23,28 @@ generator) dropout.  ``resume_from`` restores a state saved by
 callback states, history, the loaders' positions, the global RNG and the
 seed; the run then continues to ``epochs`` as if it had never stopped, with
 bit-identical weights.
+
+Several processes.  ``strategy`` decides what the loop does when it is one of
+several processes training together (data parallelism); this module never
+imports anything distributed.  The default is one process.  A strategy (e.g.
+``minicnn.distributed.MPIStrategy``) is an object with
+
+    is_main                       True on the one process that prints and writes files
+    prepare(model, optimizer)     -> the optimizer to use (same start everywhere)
+    broadcast(value)              -> the main process's value
+    sampler(n, shuffle, seed, train) -> this process's share of n examples, or None
+    sum(values)                   -> the float64 array ``values`` added over the processes
+    barrier()                     returns when every process has called it
+
+With it, the seed is the main process's, each process trains on its share of
+each batch (``batch_size`` per process), the logged loss and metrics are means
+over all processes' images, and a non-finite loss on any process skips the
+step on all.  Only the main process prints, saves ``checkpoint_path`` and runs
+the callbacks that write files (ModelCheckpoint, CSVLogger, and any callback with
+``main_process_only = True``); the others still keep their state, so a resumed
+run finds the same callbacks.  Every callback must decide ``stop_training``
+the same way on every process (the logged values are the same everywhere).
+A checkpoint to resume from must be readable by every process.
 """
 import math
 import sys
@@ -36,13 +58,55 @@ from ..io.checkpoint import CheckpointError, load_training_state, save_training_
 from ..ops import cross_entropy
 from ..random import default_rng
 from ..tensor import Tensor, no_grad
-from .callbacks import Callback
+from .callbacks import Callback, CSVLogger, ModelCheckpoint
 from .history import History
 from .metrics import accuracy
 from .progress import ProgressBar
 
 DEFAULT_METRICS = {"accuracy": accuracy}
 EVAL_BATCH_SIZE = 256
+MAIN_PROCESS_CALLBACKS = (ModelCheckpoint, CSVLogger)   # they write files
+
+
+class OneProcess:
+    """The default strategy: training in this process only (see the module docstring)."""
+
+    is_main = True
+
+    def prepare(self, model, optimizer):
+        return optimizer
+
+    def broadcast(self, value):
+        return value
+
+    def sampler(self, n, shuffle, seed, train):
+        return None
+
+    def sum(self, values):
+        return np.asarray(values, np.float64)
+
+    def barrier(self):
+        pass
+
+
+def _num_examples(data):
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, np.ndarray):
+        return len(data)
+    return len(data.labels) if hasattr(data, "labels") else len(data[1])
+
+
+def _shard(data, strategy, shuffle, seed, train):
+    """Loader options for this process's share of ``data`` (none for one process)."""
+    sampler = strategy.sampler(_num_examples(data), shuffle, seed, train)
+    if isinstance(data, DataLoader):
+        if sampler is not None and data.sampler is None:
+            raise ValueError("with a distributed strategy, pass the data itself (a dataset or (images, labels)), "
+                             "not a DataLoader, so that each process gets its share; or give the "
+                             "DataLoader a sampler")
+        return {}
+    return {} if sampler is None else {"sampler": sampler, "shuffle": False}
 
 
 def as_loader(data, batch_size=EVAL_BATCH_SIZE, **options):
@@ -88,8 +152,14 @@ def _check_metrics(metrics):
     return metrics
 
 
-def _run_eval(model, loader, loss, metrics):
-    """Mean loss and metrics over ``loader`` (in eval mode, no graph)."""
+def _means(totals, n, strategy):
+    """{name: total / n}, totals and n first added over the processes of ``strategy``."""
+    summed = strategy.sum([*totals.values(), n])
+    return {k: float(v / summed[-1]) for k, v in zip(totals, summed[:-1])}
+
+
+def _run_eval(model, loader, loss, metrics, strategy=None):
+    """Mean loss and metrics over ``loader`` (in eval mode, no graph), over every process's share."""
     totals = dict.fromkeys(["loss", *metrics], 0.0)
     n = 0
     with _EvalMode(model):
@@ -100,7 +170,7 @@ def _run_eval(model, loader, loss, metrics):
             for name, fn in metrics.items():
                 totals[name] += fn(y, logits.data) * b
             n += b
-    return {k: v / n for k, v in totals.items()}
+    return _means(totals, n, strategy or OneProcess())
 
 
 def evaluate(model, data, loss=cross_entropy, metrics=None, batch_size=EVAL_BATCH_SIZE, transform=None):
@@ -141,15 +211,17 @@ class Trainer:
     def __init__(self, model, train_data, optimizer, loss=cross_entropy, validation_data=None,
                  validation_split=None, batch_size=32, callbacks=(), scheduler=None, metrics=None,
                  transform=None, shuffle=True, seed=None, verbose=1, checkpoint_path=None,
-                 resume_from=None, prefetch="auto", stream=None):
+                 resume_from=None, prefetch="auto", stream=None, strategy=None):
         if not callable(loss):
             raise TypeError(f"loss must be callable loss(logits, targets), got {loss!r}")
         if validation_data is not None and validation_split is not None:
             raise ValueError("pass validation_data or validation_split, not both")
         self.model, self.optimizer, self.loss, self.scheduler = model, optimizer, loss, scheduler
+        self.strategy = OneProcess() if strategy is None else strategy
         self.callbacks = list(callbacks)
         self.metrics = _check_metrics(metrics)
-        self.verbose, self.stream = int(verbose), (sys.stdout if stream is None else stream)
+        self.verbose = int(verbose) if self.strategy.is_main else 0
+        self.stream = sys.stdout if stream is None else stream
         self.checkpoint_path = checkpoint_path
         self.history = History()
         self.epoch = 0  # epochs completed
@@ -160,7 +232,8 @@ class Trainer:
             raise ValueError(f"scheduler.interval must be 'epoch' or 'batch', got {interval!r}")
         self._batch_scheduler = interval == "batch"
         resumed = load_training_state(resume_from, model, optimizer, scheduler) if resume_from else None
-        self.seed = int(resumed["seed"]) if resumed else _seed(seed)
+        self.seed = int(resumed["seed"]) if resumed else self.strategy.broadcast(_seed(seed))
+        self.optimizer = self.strategy.prepare(model, optimizer)
         split_seed, loader_seed = (int(s) for s in np.random.SeedSequence(self.seed).generate_state(2))
         if validation_split is not None:
             if isinstance(train_data, DataLoader):
@@ -169,13 +242,14 @@ class Trainer:
             train_data, validation_data = train_val_split(train_data, validation_split, seed=split_seed)
         if prefetch == "auto":
             prefetch = bool(augmentations(transform))
-        self.train_loader = as_loader(train_data, batch_size, shuffle=shuffle, transform=transform,
-                                      seed=loader_seed, prefetch=prefetch)
+        train_options = {"shuffle": shuffle, **_shard(train_data, self.strategy, shuffle, loader_seed, True)}
+        self.train_loader = as_loader(train_data, batch_size, transform=transform, seed=loader_seed,
+                                      prefetch=prefetch, **train_options)
         self.val_loader = None
         if validation_data is not None:
             val_transform = None if transform is None else without_augmentation(transform)
-            self.val_loader = as_loader(validation_data, max(batch_size, EVAL_BATCH_SIZE),
-                                        transform=val_transform, train=False)
+            self.val_loader = as_loader(validation_data, max(batch_size, EVAL_BATCH_SIZE), transform=val_transform,
+                                        train=False, **_shard(validation_data, self.strategy, False, 0, False))
         if resumed:
             self._restore(resume_from, resumed)
 
@@ -198,6 +272,13 @@ class Trainer:
                                   f"{have}: pass the same callbacks to resume exactly")
         self._callback_states = [s for _, s in state["callbacks"]]
 
+    def _active_callbacks(self):
+        """The callbacks this process runs: all of them on the main process."""
+        if self.strategy.is_main:
+            return self.callbacks
+        return [cb for cb in self.callbacks
+                if not getattr(cb, "main_process_only", isinstance(cb, MAIN_PROCESS_CALLBACKS))]
+
     # -------------------------------------------------------------- training
     def log(self, message):
         """Print a message (callbacks use this); silent when verbose=0."""
@@ -212,7 +293,8 @@ class Trainer:
         loss and metrics, images seen, seconds, whether the pass completed: False when a
         callback stopped training mid-epoch)."""
         model, optimizer, loss_fn, metrics = self.model, self.optimizer, self.loss, self.metrics
-        batch_callbacks = [cb for cb in self.callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
+        batch_callbacks = [cb for cb in self._active_callbacks()
+                           if type(cb).on_batch_end is not Callback.on_batch_end]
         model.train()
         self.train_loader.set_epoch(epoch)
         totals = dict.fromkeys(["loss", *metrics], 0.0)
@@ -222,7 +304,8 @@ class Trainer:
             logits = model(Tensor(x))
             loss = loss_fn(logits, y)
             value = float(loss.data)
-            if math.isfinite(value):
+            finite = self._all_finite(value)
+            if finite:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -235,25 +318,29 @@ class Trainer:
             totals["loss"] += value * n
             for name, fn in metrics.items():
                 totals[name] += fn(y, logits.data) * n
+            logged = value if finite == math.isfinite(value) else math.nan   # non-finite somewhere else
             for cb in batch_callbacks:
-                cb.on_batch_end(self, b, {"loss": value, "size": n})
-            means = {k: v / seen for k, v in totals.items()}
+                cb.on_batch_end(self, b, {"loss": logged, "size": n})
             if self.stop_training:  # shown, but not recorded as an epoch
-                seconds = time.perf_counter() - start
+                seconds, means = time.perf_counter() - start, _means(totals, seen, self.strategy)
                 bar.finish(b + 1, seen, seconds, means)
                 return means, seen, seconds, False
-            bar.update(b + 1, seen, means)
+            bar.update(b + 1, seen, {k: v / seen for k, v in totals.items()})   # this process's share so far
         if skipped:
             self.log(f"warning: {skipped} batches of epoch {epoch + 1} had a non-finite loss; "
                      "their updates were skipped")
-        return means, seen, time.perf_counter() - start, True
+        return _means(totals, seen, self.strategy), seen, time.perf_counter() - start, True
+
+    def _all_finite(self, value):
+        """Whether the batch loss is finite on every process (all skip the step together)."""
+        return self.strategy.sum([not math.isfinite(value)])[0] == 0
 
     def fit(self, epochs):
         """Train until ``epochs`` epochs are complete; returns the History."""
         if not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         self.stop_training = False
-        for cb in self.callbacks:
+        for cb in self._active_callbacks():
             cb.on_train_begin(self)
         if self._callback_states is not None:
             for cb, state in zip(self.callbacks, self._callback_states):
@@ -263,12 +350,12 @@ class Trainer:
             while self.epoch < epochs and not self.stop_training:
                 self._one_epoch(self.epoch, epochs)
         finally:
-            for cb in self.callbacks:
+            for cb in self._active_callbacks():
                 cb.on_train_end(self)
         return self.history
 
     def _one_epoch(self, epoch, epochs):
-        for cb in self.callbacks:
+        for cb in self._active_callbacks():
             cb.on_epoch_begin(self, epoch)
         lr = self._lr()
         bar = ProgressBar(f"Epoch {epoch + 1}/{epochs}", len(self.train_loader), self.stream,
@@ -277,7 +364,7 @@ class Trainer:
         if not completed:
             return
         if self.val_loader is not None:
-            val = _run_eval(self.model, self.val_loader, self.loss, self.metrics)
+            val = _run_eval(self.model, self.val_loader, self.loss, self.metrics, self.strategy)
             logs.update({f"val_{k}": v for k, v in val.items()})
         logs["lr"], logs["time"] = lr, seconds
         bar.finish(len(self.train_loader), seen, seconds, logs)
@@ -285,10 +372,12 @@ class Trainer:
             self.scheduler.step()
         self.epoch = epoch + 1
         self.history.append(epoch, logs)
-        for cb in self.callbacks:
+        for cb in self._active_callbacks():
             cb.on_epoch_end(self, epoch, logs)
         if self.checkpoint_path is not None:
-            self.save(self.checkpoint_path)
+            if self.strategy.is_main:
+                self.save(self.checkpoint_path)
+            self.strategy.barrier()
 
 
 def fit(model, train_data, *, epochs, optimizer, loss=cross_entropy, validation_data=None,
@@ -311,7 +400,9 @@ def fit(model, train_data, *, epochs, optimizer, loss=cross_entropy, validation_
     verbose (1: a progress line per epoch, 0: silent); checkpoint_path (save the full
     training state there after every epoch); resume_from (continue a saved run);
     prefetch ('auto': a background thread builds batches when there is augmentation);
-    stream (where progress goes, default stdout).
+    stream (where progress goes, default stdout); strategy (None: this process only;
+    ``minicnn.distributed.MPIStrategy()`` trains on every MPI rank, ``batch_size`` images
+    each: see the module docstring).
     """
     trainer = Trainer(model, train_data, optimizer, loss=loss, validation_data=validation_data,
                       validation_split=validation_split, batch_size=batch_size, callbacks=callbacks,
