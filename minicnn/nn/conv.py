@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import ops
+from ..ops.checks import check_array
 from ..ops.conv import as_pair
 from . import init
 from .module import Module
@@ -43,6 +44,7 @@ class Conv2d(Module):
         self.register_parameter("bias", Parameter(np.zeros(out_channels, dtype)) if bias else None)
 
     def forward(self, x):
+        check_array(x, "conv2d")
         return ops.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self):

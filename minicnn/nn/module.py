@@ -143,9 +143,19 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
-        out = self.forward(*args, **kwargs)
+        """``forward``, then the forward hooks.  An exception from either keeps its type and
+        traceback, and its message names the failing layer (see :func:`annotate_error`)."""
+        try:
+            out = self.forward(*args, **kwargs)
+        except Exception as exc:
+            annotate_error(exc, self)
+            raise
         for hook in list(self._forward_hooks.values()):
-            result = hook(self, args, out)
+            try:
+                result = hook(self, args, out)
+            except Exception as exc:
+                annotate_error(exc, self, hook=True)
+                raise
             if result is not None:
                 out = result
         return out
@@ -254,3 +264,63 @@ class _HookHandle:
 
     def remove(self):
         self._hooks.pop(self._key, None)
+
+
+# ------------------------------------------------------------- errors that name the layer
+def annotate_error(exc, module, hook=False):
+    """Name ``module`` in ``exc`` as the exception passes up through ``module.__call__``.
+
+    The first call to see ``exc`` belongs to the failing layer: it is recorded as
+    ``exc.minicnn_module``.  Each enclosing call finds the module seen last among its
+    own descendants, extends the dotted path ``exc.minicnn_path`` and rewrites the
+    message's prefix, so the outermost call reads ``features.3 (Conv2d): <message>``
+    (``forward hook of features.3 (Conv2d): ...`` when a hook failed).  The path is
+    searched only here, so a forward that succeeds pays nothing.  A layer called on its
+    own keeps its message.  Fused code that runs a layer's computation without calling
+    it (``nn.conv_bn``) calls this with that layer, so the error still names it.
+
+    The exception object, its type and its traceback stay the same.  Where the message
+    is not a single string argument (KeyError, OSError), handlers read the arguments:
+    they stay, and the layer is named in a note (``__notes__``) instead.
+    """
+    failure = exc.__dict__.get("_minicnn_failure")
+    if failure is None:
+        failure = _Failure(exc, module, hook)
+        exc._minicnn_failure = failure
+    elif failure.anchor is module:
+        return
+    else:
+        path = next((name for name, m in module.named_modules() if m is failure.anchor), None)
+        if path is None:     # the last module seen is not registered under this one (e.g. in a plain list)
+            return
+        failure.path = f"{path}.{failure.path}" if failure.path else path
+        failure.anchor = module
+    exc.minicnn_module, exc.minicnn_path = failure.module, failure.path
+    failure.rename(exc)
+
+
+class _Failure:
+    """The failing module, the outermost module seen so far (``anchor``) and the path between them."""
+
+    def __init__(self, exc, module, hook):
+        self.module, self.anchor, self.path, self.hook = module, module, "", hook
+        plain = len(exc.args) == 1 and isinstance(exc.args[0], str) and type(exc).__str__ is BaseException.__str__
+        self.message = exc.args[0] if plain else None
+        self.note = None
+
+    def where(self):
+        name = type(self.module).__name__
+        where = f"{self.path} ({name})" if self.path else name
+        return f"forward hook of {where}" if self.hook else where if self.path else None
+
+    def rename(self, exc):
+        where = self.where()
+        if self.message is not None:
+            exc.args = (f"{where}: {self.message}" if where else self.message,)
+            return
+        notes = exc.__dict__.setdefault("__notes__", [])
+        if self.note in notes:
+            notes.remove(self.note)
+        self.note = None if where is None else f"in {where}"
+        if self.note:
+            notes.append(self.note)

@@ -24,8 +24,9 @@ average of all batches so far.
 import numpy as np
 
 from .. import ops
+from ..ops.checks import check_array
 from ..tensor import is_grad_enabled
-from .module import Module
+from .module import Module, annotate_error
 from .parameter import Parameter
 
 
@@ -72,6 +73,7 @@ class _NormBase(Module):
     def _check_input(self, x):
         """Rank in ``_ndims`` and channel axis (axis 1) equal to ``shape[0]``."""
         name = f"{type(self).__name__}({self._label_args()})"
+        check_array(x, name)
         if x.ndim < 2 or (self._ndims is not None and x.ndim not in self._ndims):
             raise ValueError(f"{name}: expected input of shape {self._layout}, got shape {tuple(x.shape)}")
         if x.shape[1] != self._shape[0]:
@@ -114,11 +116,19 @@ class _BatchNorm(_NormBase):
             y = self(x)
             y = y if residual is None else y + residual
             return ops.relu(y) if relu else y
-        return self._norm(x, residual, relu)
+        try:
+            return self._norm(x, residual, relu)
+        except Exception as exc:
+            annotate_error(exc, self)     # named as if called, e.g. by Sequential's fused batch norm + ReLU
+            raise
 
     def _norm(self, x, residual=None, relu=False):
         self._check_input(x)
         use_batch = self.training or not self.track_running_stats
+        if x.shape[0] == 0 and not use_batch:
+            # An empty batch gives an empty output, as in PyTorch; ops.batch_norm's row view
+            # cannot reshape an empty batch (N*C rows of -1 elements).
+            return ops.mul(x, 1)
         momentum = self._tracking_factor() if self.training and self.track_running_stats else 0.0
         return ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                               training=use_batch, momentum=momentum, eps=self.eps, residual=residual, relu=relu)
@@ -156,8 +166,12 @@ def conv_bn(conv, bn, x, residual=None, activation=None):
         shift = shift * bn.weight.data + bn.bias.data
     if conv.bias is not None:
         shift = shift + conv.bias.data * scale
-    return ops.conv2d(x, conv.weight, shift.astype(conv.weight.dtype), conv.stride, conv.padding, conv.dilation,
-                      conv.groups, scale=scale, residual=residual, activation=activation)
+    try:
+        return ops.conv2d(x, conv.weight, shift.astype(conv.weight.dtype), conv.stride, conv.padding,
+                          conv.dilation, conv.groups, scale=scale, residual=residual, activation=activation)
+    except Exception as exc:
+        annotate_error(exc, conv)         # the input reached the convolution
+        raise
 
 
 class BatchNorm1d(_BatchNorm):
@@ -237,6 +251,7 @@ class LayerNorm(_NormBase):
             self.register_parameter("bias", None)
 
     def forward(self, x):
+        check_array(x, "layer_norm")
         return ops.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self):

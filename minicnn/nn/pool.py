@@ -1,5 +1,6 @@
 """Pooling layers (see ``minicnn.ops.pool`` for the windows and the gradients)."""
 from .. import ops
+from ..ops.checks import check_array
 from .module import Module
 
 
@@ -14,6 +15,7 @@ class MaxPool2d(Module):
         self.kernel_size, self.stride, self.padding, self.ceil_mode = kernel_size, stride, padding, ceil_mode
 
     def forward(self, x):
+        check_array(x, "max_pool2d")
         return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
     def extra_repr(self):
@@ -32,6 +34,7 @@ class AvgPool2d(Module):
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, x):
+        check_array(x, "avg_pool2d")
         return ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                               self.count_include_pad)
 
@@ -49,6 +52,7 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x):
+        check_array(x, "adaptive_avg_pool2d")
         return ops.adaptive_avg_pool2d(x, self.output_size)
 
     def extra_repr(self):

@@ -3,6 +3,7 @@ import numpy as np
 
 from .._runtime import parallel_for
 from ..tensor import Function
+from .checks import check_array, check_dtypes
 
 MIN_PARALLEL = 1 << 20   # multiply-adds per GEMM below which the GEMMs run in turn, unsplit
 
@@ -59,8 +60,16 @@ class Linear(Function):
 
 
 def linear(x, weight, bias=None):
-    """y = x Wᵀ + b, as ``torch.nn.functional.linear``."""
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear: input has {x.shape[-1]} features on its last axis, "
-                         f"weight {tuple(weight.shape)} expects {weight.shape[1]}")
+    """y = x Wᵀ + b, as ``torch.nn.functional.linear``.  x, weight and bias share one dtype."""
+    layer = "linear"
+    check_array(x, layer)
+    out, inp = weight.shape
+    if x.ndim < 1:
+        raise ValueError(f"{layer}: expected an input of shape (..., {inp}), got shape {tuple(x.shape)}")
+    if x.shape[-1] != inp:
+        raise ValueError(f"{layer}: input {tuple(x.shape)} has {x.shape[-1]} features on its last axis, "
+                         f"weight {tuple(weight.shape)} expects {inp}")
+    if bias is not None and tuple(bias.shape) != (out,):
+        raise ValueError(f"{layer}: bias must have shape ({out},), got {tuple(bias.shape)}")
+    check_dtypes(layer, x, weight=weight, bias=bias)
     return Linear.apply(x, weight, bias)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..tensor import Function, Tensor
 from .activation import log_softmax_array, stable_sigmoid
+from .checks import check_array
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -38,12 +39,8 @@ def _target_weights(logits, target, weight, label_smoothing, ignore_index):
         raise ValueError(f"class weight must have shape ({c},), got {w.shape}")
     eps = label_smoothing
     if np.issubdtype(target.dtype, np.floating):
-        if target.shape != logits.shape:
-            raise ValueError(f"probability targets must have the logits' shape {logits.shape}, got {target.shape}")
         q = ((1 - eps) * target + eps / c) * w
         return q.astype(logits.dtype), float(n)
-    if target.shape != (n,):
-        raise ValueError(f"class-index targets must have shape ({n},), got {target.shape}")
     keep = target != ignore_index
     y = np.where(keep, target, 0)
     if np.any((y < 0) | (y >= c)):
@@ -96,9 +93,16 @@ def _cross_entropy(x, target, weight, reduction, label_smoothing, ignore_index, 
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    op = "cross_entropy" if from_logits else "nll_loss"
+    check_array(x, op)
     if x.ndim < 2:
         raise ValueError(f"expected input of shape (N, C) or (N, C, d1, ...), got {x.shape}")
     target = target.data if isinstance(target, Tensor) else np.asarray(target)
+    _check_target(op, x.shape, target)
+    if reduction == "mean" and 0 in (x.shape[0],) + tuple(x.shape[2:]):
+        # PyTorch returns NaN (0/0), which then spreads through a training run unnoticed.
+        raise ValueError(f"{op}: empty batch (input shape {tuple(x.shape)}): the mean loss over no samples "
+                         "is undefined; skip empty batches, or use reduction='sum'")
     rows, unflatten = _class_last(x)
     if np.issubdtype(target.dtype, np.floating):
         target = _class_last(target)[0]
@@ -107,6 +111,26 @@ def _cross_entropy(x, target, weight, reduction, label_smoothing, ignore_index, 
     q, norm = _target_weights(rows.data, target, weight, label_smoothing, ignore_index)
     out = WeightedNLL.apply(rows, q=q, norm=norm, reduction=reduction, from_logits=from_logits)
     return unflatten(out) if reduction == "none" else out
+
+
+def _check_target(op, shape, target):
+    """Class indices: integers of the input's shape without the class axis.  Probabilities:
+    floats of the input's shape."""
+    index_shape = (shape[0],) + tuple(shape[2:])
+    if target.dtype.kind == "f":
+        if target.shape == index_shape:
+            raise ValueError(f"{op}: float targets of shape {target.shape} for input {tuple(shape)}: class indices "
+                             "must be integers (convert them with .astype(np.int64)); probability targets "
+                             "must have the input's shape")
+        if target.shape != tuple(shape):
+            raise ValueError(f"{op}: probability targets must have the input's shape {tuple(shape)}, "
+                             f"got {target.shape}")
+    elif target.dtype.kind in "iu":
+        if target.shape != index_shape:
+            raise ValueError(f"{op}: class-index targets must have shape {index_shape}, got {target.shape}")
+    else:
+        raise TypeError(f"{op}: targets must be integer class indices or float probabilities, "
+                        f"got dtype {target.dtype}")
 
 
 def cross_entropy(input, target, weight=None, reduction="mean", label_smoothing=0.0,  # noqa: A002
