@@ -58,7 +58,7 @@ _sessions = {}   # file -> (namespace, working directory, blocks run so far)
 def _run(path, line, source):
     # Blank lines first, so that tracebacks give the line in the Markdown file.
     code = compile("\n" * (line - 1) + source, str(path.relative_to(ROOT)), "exec")
-    namespace, workdir, done = _sessions[path]
+    namespace, _, done = _sessions[path]
     exec(code, namespace)  # noqa: S102  (the documentation's own examples)
     done.append(line)
 
@@ -75,7 +75,7 @@ def test_markdown_python_block_runs(path, line, source, skip, tmp_path_factory, 
         pytest.skip(skip)
     if path not in _sessions:
         _sessions[path] = ({"__name__": "__main__"}, tmp_path_factory.mktemp(path.stem), [])
-    namespace, workdir, done = _sessions[path]
+    _, workdir, done = _sessions[path]
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     # Run alone (-k) or after a failure, the earlier blocks of the file have not all run: run them first.
