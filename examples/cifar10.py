@@ -3,6 +3,7 @@
     python examples/cifar10.py --part compare    # part 1: DNN vs CNN, trained the same way
     python examples/cifar10.py --part strong     # part 2: AirNet, >= 90% test in <= 60 min of training
     python examples/cifar10.py --quick           # smoke test: both parts on a small subset, < 1 min
+    mpiexec -n 2 python examples/cifar10.py --distributed   # the same runs, spread over 2 processes
 
 Part 1 reproduces the seeds' table.  Both networks get the same training: inputs
 scaled to [0, 1], no augmentation, Adam (lr 1e-3), batch 64, 10 epochs, Keras's
@@ -29,6 +30,7 @@ Data: CIFAR-10's binary version under ``--data-root`` (default ``$MINICNN_DATA``
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,6 +99,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: 1 epoch on {QUICK_TRAIN} training and {QUICK_TEST} test images")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    p.add_argument("--distributed", action="store_true",
+                   help="run under mpiexec -n N: each rank trains on 1/N of every batch (batch norms "
+                        "synchronized), so each run is the single-process one, spread out")
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = 1 if args.quick else 10
@@ -132,12 +137,35 @@ def _pct(v):
     return f"{100 * v:.2f}%"
 
 
+def distributed(args):
+    """(strategy, ranks, is_main) for --distributed (rank 0 alone prints and writes files),
+    else (None, 1, True)."""
+    if not args.distributed:
+        return None, 1, True
+    import minicnn.distributed as dist   # the optional extra: pip install "minicnn[distributed]"
+    strategy = dist.MPIStrategy()
+    for batch in (64, args.strong_batch_size):
+        if batch % strategy.size:
+            sys.exit(f"batch {batch} must be a multiple of the {strategy.size} MPI ranks")
+    if not strategy.is_main:
+        sys.stdout = open(os.devnull, "w")
+    return strategy, strategy.size, strategy.is_main
+
+
+def spread(model, args):
+    """``model`` with its batch norms synchronized over the ranks under --distributed."""
+    if args.strategy is None:
+        return model
+    import minicnn.distributed as dist
+    return dist.convert_sync_batchnorm(model)
+
+
 # ----------------------------------------------------------------------------- part 1
 
 def train_seed_model(name, model, optimizer, train, test, args):
     """Train the way the seeds did; returns the row of the comparison table."""
-    trainer = Trainer(model, train, optimizer, validation_data=test, batch_size=64, seed=args.seed,
-                      verbose=0 if args.quiet else 1)
+    trainer = Trainer(spread(model, args), train, optimizer, validation_data=test, batch_size=64 // args.ranks,
+                      seed=args.seed, verbose=0 if args.quiet else 1, strategy=args.strategy)
     print(f"\n{name}: {sum(p.size for p in model.parameters()):,} parameters, "
           f"{args.epochs} epoch{'s' * (args.epochs > 1)} of batch 64")
     history = trainer.fit(args.epochs)
@@ -207,8 +235,9 @@ def part_compare(train, test, args):
         model = build()
         rows[name] = train_seed_model(name, model, Adam(model.parameters(), lr=lr), train, test, args)
         slug = name.lower().replace(" ", "_")
-        plot_history(rows[name]["history"], args.out / f"compare_{slug}_curves.png",
-                     title=f"CIFAR-10, {name} (validation = test set)")
+        if args.is_main:
+            plot_history(rows[name]["history"], args.out / f"compare_{slug}_curves.png",
+                         title=f"CIFAR-10, {name} (validation = test set)")
     print_table(rows)
     print("\n" + read_the_gap(rows))
     return rows
@@ -380,19 +409,23 @@ def part_strong(train, test, args):
     train = AlternatingFlip.premirror(train, rng)
     whiten_seconds = time.perf_counter() - t0
     batch = min(args.strong_batch_size, len(train))
-    steps = args.strong_epochs * -(-len(train) // batch)
+    per_rank = -(-len(train) // args.ranks)                    # images per rank and epoch
+    steps = args.strong_epochs * -(-per_rank // (batch // args.ranks))
     optimizer, scheduler = strong_optimizer(model, steps, batch)
 
     def loss(logits, y):
         return ops.cross_entropy(logits, y, label_smoothing=h["label_smoothing"])
 
-    trainer = Trainer(model, train, optimizer, loss=loss, validation_data=test, batch_size=batch,
-                      scheduler=scheduler, transform=augment, callbacks=[flip, Lookahead(steps)], seed=args.seed,
-                      verbose=0 if args.quiet else 1)
+    trainer = Trainer(spread(model, args), train, optimizer, loss=loss, validation_data=test,
+                      batch_size=batch // args.ranks, scheduler=scheduler, transform=augment,
+                      callbacks=[flip, Lookahead(steps)], seed=args.seed, verbose=0 if args.quiet else 1,
+                      strategy=args.strategy)
     print(f"\nStrong recipe: AirNet widths {args.widths}, {sum(p.size for p in model.parameters()):,} "
           f"parameters, {args.strong_epochs} epoch{'s' * (args.strong_epochs > 1)} of batch {batch} "
           f"({steps} steps)")
     history = trainer.fit(args.strong_epochs)
+    if not args.is_main:
+        return None
     train_seconds = whiten_seconds + float(sum(history["time"]))
     logits = tta_logits(model, test.images, normalize, args.tta)
     pred = logits.argmax(1)
@@ -422,6 +455,7 @@ def part_strong(train, test, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.strategy, args.ranks, args.is_main = distributed(args)
     train, test = load_data(args)
     print(f"CIFAR-10: {len(train):,} training and {len(test):,} test images")
     results = {"quick": args.quick, "seed": args.seed}
@@ -429,9 +463,10 @@ def main(argv=None):
         results["compare"] = part_compare(train, test, args)
     if args.part in ("strong", "all"):
         results["strong"] = part_strong(train, test, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"Results: {args.out / 'results.json'}")
+    if args.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        print(f"Results: {args.out / 'results.json'}")
     return results
 
 

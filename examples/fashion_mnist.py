@@ -3,6 +3,7 @@
     python examples/fashion_mnist.py                    # the classic CNN, 15 epochs
     python examples/fashion_mnist.py --model strong     # batch norm, dropout, augmentation
     python examples/fashion_mnist.py --quick            # about a minute: 1 epoch on a subset
+    mpiexec -n 2 python examples/fashion_mnist.py --distributed   # the same run on 2 processes
 
 What it does:
 
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", type=Path, default=None,
                    help="read the four idx files from this folder, unchecked")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    p.add_argument("--distributed", action="store_true",
+                   help="run under mpiexec -n N: each rank trains on batch-size/N images of every batch "
+                        "(batch norms synchronized), so the run is the single-process one, spread out")
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = 1 if args.quick else 15
@@ -135,19 +139,33 @@ def main(argv=None):
     train, test = load_data(args)
     minicnn.manual_seed(args.seed)
     model = FASHION_MODELS[args.model]()
-    print(summary(model, (1, 28, 28)))
-    steps = -(-round(0.8 * len(train)) // args.batch_size)
+    strategy, ranks = None, 1
+    if args.distributed:
+        import minicnn.distributed as dist   # the optional extra: pip install "minicnn[distributed]"
+        strategy, model = dist.MPIStrategy(), dist.convert_sync_batchnorm(model)
+        ranks = strategy.size
+        if args.batch_size % ranks:
+            sys.exit(f"--batch-size {args.batch_size} must be a multiple of the {ranks} MPI ranks")
+    model = minicnn.nn.fuse(model)      # adjacent layers run fused where exact (see minicnn.nn.fusion)
+    is_main = strategy is None or strategy.is_main     # rank 0 alone reports
+    if is_main:
+        print(summary(model, (1, 28, 28)))
+    per_rank = -(-round(0.8 * len(train)) // ranks)             # images per rank and epoch
+    steps = -(-per_rank // (args.batch_size // ranks))
     optimizer, scheduler, transform, callbacks = training_setup(args, model, steps)
-    trainer = Trainer(model, train, optimizer, validation_split=0.2, batch_size=args.batch_size,
+    trainer = Trainer(model, train, optimizer, validation_split=0.2, batch_size=args.batch_size // ranks,
                       callbacks=callbacks, scheduler=scheduler, transform=transform, seed=args.seed,
-                      verbose=0 if args.quiet else 1)
-    print(f"\nTraining {args.model} on {len(trainer.train_loader.labels):,} images, validating on "
-          f"{len(trainer.val_loader.labels):,}, for {args.epochs} epoch{'s' * (args.epochs > 1)} "
-          f"of batch {args.batch_size}"
-          + (" with augmentation" if transform is not None else ""))
+                      verbose=0 if args.quiet else 1, strategy=strategy)
+    if is_main:
+        print(f"\nTraining {args.model} on {len(trainer.train_loader.labels):,} images, validating on "
+              f"{len(trainer.val_loader.labels):,}, for {args.epochs} epoch{'s' * (args.epochs > 1)} "
+              f"of batch {args.batch_size}" + (f" ({ranks} ranks)" if strategy else "")
+              + (" with augmentation" if transform is not None else ""))
     start = time.perf_counter()
     history = trainer.fit(args.epochs)
     seconds = time.perf_counter() - start
+    if not is_main:
+        return None
 
     logits = predict(model, test)
     pred = logits.argmax(axis=1)

@@ -153,9 +153,9 @@ def _check_metrics(metrics):
 
 
 def _means(totals, n, strategy):
-    """{name: total / n}, totals and n first added over the processes of ``strategy``."""
+    """({name: total / n}, n), totals and n first added over the processes of ``strategy``."""
     summed = strategy.sum([*totals.values(), n])
-    return {k: float(v / summed[-1]) for k, v in zip(totals, summed[:-1])}
+    return {k: float(v / summed[-1]) for k, v in zip(totals, summed[:-1])}, int(summed[-1])
 
 
 def _run_eval(model, loader, loss, metrics, strategy=None):
@@ -170,7 +170,7 @@ def _run_eval(model, loader, loss, metrics, strategy=None):
             for name, fn in metrics.items():
                 totals[name] += fn(y, logits.data) * b
             n += b
-    return _means(totals, n, strategy or OneProcess())
+    return _means(totals, n, strategy or OneProcess())[0]
 
 
 def evaluate(model, data, loss=cross_entropy, metrics=None, batch_size=EVAL_BATCH_SIZE, transform=None):
@@ -290,8 +290,8 @@ class Trainer:
 
     def train_epoch(self, epoch, bar):
         """One pass over the training data, drawing ``bar``.  Returns (running means of
-        loss and metrics, images seen, seconds, whether the pass completed: False when a
-        callback stopped training mid-epoch)."""
+        loss and metrics, images seen (by every process), seconds, whether the pass completed:
+        False when a callback stopped training mid-epoch)."""
         model, optimizer, loss_fn, metrics = self.model, self.optimizer, self.loss, self.metrics
         batch_callbacks = [cb for cb in self._active_callbacks()
                            if type(cb).on_batch_end is not Callback.on_batch_end]
@@ -322,14 +322,15 @@ class Trainer:
             for cb in batch_callbacks:
                 cb.on_batch_end(self, b, {"loss": logged, "size": n})
             if self.stop_training:  # shown, but not recorded as an epoch
-                seconds, means = time.perf_counter() - start, _means(totals, seen, self.strategy)
+                seconds, (means, seen) = time.perf_counter() - start, _means(totals, seen, self.strategy)
                 bar.finish(b + 1, seen, seconds, means)
                 return means, seen, seconds, False
             bar.update(b + 1, seen, {k: v / seen for k, v in totals.items()})   # this process's share so far
         if skipped:
             self.log(f"warning: {skipped} batches of epoch {epoch + 1} had a non-finite loss; "
                      "their updates were skipped")
-        return _means(totals, seen, self.strategy), seen, time.perf_counter() - start, True
+        means, seen = _means(totals, seen, self.strategy)
+        return means, seen, time.perf_counter() - start, True
 
     def _all_finite(self, value):
         """Whether the batch loss is finite on every process (all skip the step together)."""
