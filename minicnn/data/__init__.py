@@ -10,9 +10,10 @@ from .cifar10 import CIFAR10
 from .dataset import ArrayDataset
 from .download import DownloadError, data_root, download
 from .fashion_mnist import FashionMNIST
+from .image import load_image
 from .image_folder import ImageFolder
 from .loader import DataLoader, train_val_split
 
 __all__ = ["ArrayDataset", "CIFAR10", "DataLoader", "DownloadError", "FashionMNIST",
            "ImageFolder", "UnsafeArchiveError", "data_root", "download", "extract_archive",
-           "train_val_split", "transforms"]
+           "load_image", "train_val_split", "transforms"]

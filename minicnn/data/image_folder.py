@@ -5,8 +5,9 @@
     root/dandelion/003.jpg
 
 Classes are the sorted names of the non-hidden sub-folders of ``root``; class
-index = position in that list.  Decoding and resizing use Pillow, in a thread
-pool (Pillow releases the GIL while decoding).
+index = position in that list.  Each image is read by :func:`~minicnn.data.image.load_image`
+(16-bit and float images from their true range, a pixel limit against bombs), in a
+thread pool (Pillow releases the GIL while decoding).
 """
 import hashlib
 import os
@@ -16,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
+from ..errors import FileFormatError
 from .dataset import ArrayDataset
 from .download import data_root
+from .image import MAX_PIXELS, load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-_CACHE_VERSION = b"minicnn-imagefolder-1"
+_CACHE_VERSION = b"minicnn-imagefolder-2"   # 2: 16-bit and float images scaled from their true range
 
 
 def _list_files(root, extensions):
@@ -39,25 +40,18 @@ def _list_files(root, extensions):
     return classes, accepted, [p for p, _ in skipped]
 
 
-def _decode(path, size):
-    """RGB uint8 (H, W, 3) of ``path``, resized (bilinear, antialiased) to ``size`` (h, w) if given;
-    an exception object instead if the file cannot be decoded."""
+def _decode(path, size, max_pixels):
+    """:func:`load_image`, or the FileFormatError/OSError it raised (kept for ``on_error``)."""
     try:
-        with Image.open(path) as im:
-            if size is not None:
-                im.draft("RGB", (size[1], size[0]))  # JPEG: let the decoder shrink by 2^k first
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return load_image(path, size, max_pixels)
+    except (FileFormatError, OSError) as e:
         return e
 
 
-def _cache_key(root, files, size, extensions, on_error):
+def _cache_key(root, files, size, extensions, on_error, max_pixels):
     """sha1 over the settings and every file's relative path and bytes."""
     h = hashlib.sha1(_CACHE_VERSION, usedforsecurity=False)
-    h.update(repr((size, sorted(extensions), on_error)).encode())
+    h.update(repr((size, sorted(extensions), on_error, max_pixels)).encode())
     for p, label in files:
         h.update(f"{label}\0{p.relative_to(root).as_posix()}\0".encode())
         h.update(hashlib.sha1(p.read_bytes(), usedforsecurity=False).digest())
@@ -76,15 +70,19 @@ class ImageFolder(ArrayDataset):
         requires all images to share one size.
     extensions: accepted file suffixes (case-insensitive), default IMAGE_EXTENSIONS; other
         files (a .gif, a README) are skipped with one warning giving their number.
-    on_error: 'raise' (default) raises ValueError naming an unreadable or corrupt image;
+    on_error: 'raise' (default) raises the error of the first unreadable image (a
+        :class:`~minicnn.errors.FileFormatError` naming it, see :func:`load_image`);
         'skip' leaves such images out, with one warning.
+    max_pixels: images larger than this are refused as decompression bombs
+        (:class:`~minicnn.errors.LimitExceededError`); default ``MAX_PIXELS``, 64 megapixels.
     cache: None/False for none; True for ``data_root()/imagefolder-cache``; or a directory.
         The decoded arrays are stored there as ``<sha1>.npz``, the key covering the settings
         and every file's path and bytes, so a changed folder is decoded afresh.
     Attributes: images, labels (int64), classes, files (paths, in image order).
     """
 
-    def __init__(self, root, size=None, extensions=IMAGE_EXTENSIONS, on_error="raise", cache=None):
+    def __init__(self, root, size=None, extensions=IMAGE_EXTENSIONS, on_error="raise", cache=None,
+                 max_pixels=MAX_PIXELS):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"ImageFolder: on_error must be 'raise' or 'skip', got {on_error!r}")
         if size is not None:
@@ -103,7 +101,7 @@ class ImageFolder(ArrayDataset):
         if not files:
             raise ValueError(f"ImageFolder: no {extensions} images under {root}")
 
-        self._key_args = (root, files, size, extensions, on_error)
+        self._key_args = (root, files, size, extensions, on_error, max_pixels)
         self._content_key = None
         cache_file = None
         if cache:
@@ -111,7 +109,7 @@ class ImageFolder(ArrayDataset):
             cache_file = folder / f"{self.content_key}.npz"
         loaded = self._load_cache(cache_file)
         if loaded is None:
-            loaded = self._decode_all(root, files, size, on_error)
+            loaded = self._decode_all(root, files, size, on_error, max_pixels)
             self._save_cache(cache_file, *loaded)
         images, labels, kept = loaded
         super().__init__(images, labels, classes)
@@ -128,14 +126,12 @@ class ImageFolder(ArrayDataset):
         return self._content_key
 
     @staticmethod
-    def _decode_all(root, files, size, on_error):
+    def _decode_all(root, files, size, on_error, max_pixels):
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            decoded = list(pool.map(lambda f: _decode(f[0], size), files))
+            decoded = list(pool.map(lambda f: _decode(f[0], size, max_pixels), files))
         bad = [(p, r) for (p, _), r in zip(files, decoded) if isinstance(r, Exception)]
         if bad and on_error == "raise":
-            p, e = bad[0]
-            raise ValueError(f"ImageFolder: cannot read image {p}: {e} "
-                             f"(pass on_error='skip' to leave such files out)")
+            raise bad[0][1]   # names the file; on_error='skip' leaves such files out
         if bad:
             warnings.warn(f"ImageFolder: skipped {len(bad)} unreadable image(s): "
                           f"{_short_list([p for p, _ in bad])}", stacklevel=3)
