@@ -5,9 +5,11 @@ the others.
 MPI start-up costs about a second, so all equality checks run in ONE ``mpiexec -n 2`` of
 this very file (``python tests/test_distributed.py checks OUT``): rank 0 also trains the
 single-process reference in the same run and writes every comparison to OUT as JSON;
-the tests below each assert one entry.  Two more short runs check the failures.
+the tests below each assert one entry.  Two more short runs check the failures, and
+one runs examples/sweep.py.
 Skipped, with the reason, without mpi4py or mpiexec (``pip install "minicnn[distributed]"``).
 """
+import csv
 import io
 import json
 import os
@@ -277,3 +279,24 @@ def test_a_failed_rank_stops_the_others(how):
 
 if __name__ == "__main__":
     {"checks": _checks, "fail": _fail}[sys.argv[1]](*sys.argv[2:])
+
+
+@pytest.mark.slow
+def test_sweep_gathers_every_configuration_on_rank_0(tmp_path):
+    from test_example_fashion import generated_fashion
+    generated_fashion(tmp_path, n_train=200, n_test=20)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("MINICNN_NUM_THREADS", None)
+    sweep = Path(__file__).resolve().parents[1] / "examples" / "sweep.py"
+    proc = subprocess.run([_mpiexec(), "-n", str(RANKS), sys.executable, str(sweep), "--quick", "--data-dir",
+                           str(tmp_path), "--model", "basic", "--lr", "1e-3,3e-3", "--batch-size", "32",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert sorted(float(r["lr"]) for r in rows) == [1e-3, 3e-3]
+    accs = [float(r["best_val_accuracy"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert proc.stdout.count("model ") == 1             # rank 0 alone prints the table
+    assert "rank 0: configuration 1/2 done" in proc.stdout and "rank 1: configuration 2/2 done" in proc.stdout
