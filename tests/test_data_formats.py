@@ -12,6 +12,7 @@ from test_data_download import server  # noqa: F401  (fixture)
 from minicnn.data import CIFAR10, FashionMNIST, cifar10, fashion_mnist
 from minicnn.data.download import md5_bytes, md5_file
 from minicnn.data.idx import parse_idx, read_idx_bytes
+from minicnn.errors import FileFormatError, LimitExceededError
 
 
 def idx_bytes(arr, code=0x08):
@@ -66,6 +67,52 @@ def test_read_idx_bytes_gz_and_raw(tmp_path):
     assert read_idx_bytes(tmp_path / "a") == raw == read_idx_bytes(tmp_path / "a.gz")
     with pytest.raises(ValueError, match="gzip"):
         read_idx_bytes(tmp_path / "bad.gz")
+
+
+def test_idx_header_whose_size_overflows_is_refused():
+    """65536^4 elements is 2^64: an int64 product wraps to 0 and would match an empty body."""
+    data = bytes([0, 0, 8, 5]) + struct.pack(">5I", 65536, 65536, 65536, 65536, 1)
+    with pytest.raises(FileFormatError, match=r"f\.idx.*\(65536, 65536, 65536, 65536, 1\)") as e:
+        parse_idx(data, "f.idx")
+    assert e.value.path == "f.idx"
+
+
+def test_idx_errors_are_file_format_errors_naming_the_file(tmp_path):
+    for data in (b"\0\0", bytes([1, 0, 8, 1]), idx_bytes(np.zeros(3, np.uint8))[:-1]):
+        with pytest.raises(FileFormatError, match="images.idx"):
+            parse_idx(data, "images.idx")
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(9, np.uint8)))[:-10])
+    with pytest.raises(FileFormatError, match=r"bad\.gz.*gzip") as e:
+        read_idx_bytes(tmp_path / "bad.gz")
+    assert e.value.path == tmp_path / "bad.gz"
+
+
+def test_gzip_bomb_is_bounded(tmp_path):
+    raw = idx_bytes(np.zeros((40, 1024, 1024), np.uint8))          # 40 MB of zeros: 40 KB gzipped
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(raw))
+    with pytest.raises(LimitExceededError, match=r"bomb\.gz.*max_bytes=10485760"):
+        read_idx_bytes(tmp_path / "bomb.gz", max_bytes=10 << 20)
+    assert read_idx_bytes(tmp_path / "bomb.gz", max_bytes=50 << 20) == raw
+
+
+def test_gzip_header_claiming_more_than_gzip_can_hold(tmp_path):
+    """DEFLATE expands at most 1032:1: a header asking for more than that is refused
+    before anything past it is decompressed."""
+    claim = bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 1000, 1000) + bytes(1000)
+    (tmp_path / "liar.gz").write_bytes(gzip.compress(claim))
+    with pytest.raises(FileFormatError, match=r"liar\.gz.*60000000000 bytes.*can hold"):
+        read_idx_bytes(tmp_path / "liar.gz", max_bytes=1 << 40)
+
+
+def test_cifar_errors_name_the_file(tmp_path):
+    p = tmp_path / "b.bin"
+    p.write_bytes(bytes(3074))
+    with pytest.raises(FileFormatError, match=r"b\.bin.*3073-byte") as e:
+        cifar10.read_cifar_bin(p)
+    assert e.value.path == p
+    p.write_bytes(bytes([12]) + bytes(3072))
+    with pytest.raises(FileFormatError, match=r"b\.bin.*label 12"):
+        cifar10.read_cifar_bin(p)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST lookup

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FileFormatError
 from .archive import extract_archive
 from .dataset import ArrayDataset
 from .download import data_root, download, md5_file
@@ -35,19 +36,22 @@ _RECORD = 1 + 3 * 32 * 32
 def read_cifar_bin(path, num_classes=10):
     """Parse one CIFAR binary batch file -> (images uint8 (N, 3, 32, 32), labels int64 (N,)).
 
-    Raises ValueError if the file is empty, is not a whole number of 3,073-byte
-    records, or holds a label outside [0, num_classes).
+    Raises :class:`~minicnn.errors.FileFormatError` naming the file if it is empty, is
+    not a whole number of 3,073-byte records, or holds a label outside [0, num_classes).
+    The file's size is checked before it is read, and is all that is allocated.
     """
+    size = Path(path).stat().st_size
+    if size == 0 or size % _RECORD:
+        raise FileFormatError(f"{size} bytes is not a whole, non-zero number of "
+                              f"{_RECORD}-byte CIFAR records (1 label byte + 3x32x32 pixels)", path)
     raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % _RECORD:
-        raise ValueError(f"{path}: {raw.size} bytes is not a whole, non-zero number of "
-                         f"{_RECORD}-byte CIFAR records (1 label byte + 3x32x32 pixels)")
+    if raw.size != size:
+        raise FileFormatError(f"read {raw.size} bytes of {size}: the file changed while read", path)
     records = raw.reshape(-1, _RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() >= num_classes:
         bad = int(np.argmax(labels >= num_classes))
-        raise ValueError(f"{path}: record {bad} has label {labels[bad]}, "
-                         f"expected [0, {num_classes})")
+        raise FileFormatError(f"record {bad} has label {labels[bad]}, expected [0, {num_classes})", path)
     return np.ascontiguousarray(records[:, 1:]).reshape(-1, *_SHAPE), labels
 
 
@@ -63,7 +67,7 @@ def _extract(archive, root):
         extract_archive(archive, tmp)
         src = Path(tmp) / DIRNAME
         if not src.is_dir():
-            raise ValueError(f"{archive} holds no {DIRNAME}/ directory")
+            raise FileFormatError(f"holds no {DIRNAME}/ directory", archive)
         src.replace(root / DIRNAME)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,8 +81,8 @@ def _batches_dir(root, download_ok):
     if archive.is_file():
         got = md5_file(archive)
         if got != MD5:
-            raise ValueError(f"{archive}: md5 {got}, expected {MD5} (delete it to re-download). "
-                             + _offline_hint(root))
+            raise FileFormatError(f"md5 {got}, expected {MD5} (delete it to re-download). "
+                                  + _offline_hint(root), archive)
     elif not download_ok:
         raise FileNotFoundError(f"CIFAR-10 not found under {root} and download=False. "
                                 + _offline_hint(root))

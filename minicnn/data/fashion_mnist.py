@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FileFormatError
 from .dataset import ArrayDataset
 from .download import data_root, download, md5_bytes
 from .idx import parse_idx, read_idx_bytes
@@ -45,8 +46,8 @@ def _verified(path, raw_md5):
     raw = read_idx_bytes(path)
     got = md5_bytes(raw)
     if got != raw_md5:
-        raise ValueError(f"{path}: md5 of the decompressed bytes is {got}, expected {raw_md5}; "
-                         f"the file is corrupt or not the official one (delete it to re-fetch)")
+        raise FileFormatError(f"md5 of the decompressed bytes is {got}, expected {raw_md5}; "
+                              "the file is corrupt or not the official one (delete it to re-fetch)", path)
     return raw
 
 
@@ -64,7 +65,8 @@ def _idx_bytes(name, folder, download_ok):
                     corrupt.append(e)
     if not download_ok:
         if corrupt:
-            raise ValueError(f"no valid copy of Fashion-MNIST file {name} and download=False: {corrupt[0]}")
+            raise FileFormatError(f"no valid copy of Fashion-MNIST file {name} and download=False: "
+                                  f"{corrupt[0]}", getattr(corrupt[0], "path", None))
         raise FileNotFoundError(f"Fashion-MNIST file {name}.gz not found and download=False. "
                                 + _offline_hint(folder))
     dest = download([m + f"{name}.gz" for m in MIRRORS], folder / f"{name}.gz", gz_md5,
@@ -87,8 +89,8 @@ class FashionMNIST(ArrayDataset):
         images = parse_idx(_idx_bytes(img_name, folder, download), img_name)
         labels = parse_idx(_idx_bytes(lbl_name, folder, download), lbl_name)
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise ValueError(f"{img_name}: expected uint8 (N, H, W), got {images.dtype} {images.shape}")
+            raise FileFormatError(f"expected uint8 (N, H, W), got {images.dtype} {images.shape}", img_name)
         if labels.ndim != 1:
-            raise ValueError(f"{lbl_name}: expected (N,) labels, got shape {labels.shape}")
+            raise FileFormatError(f"expected (N,) labels, got shape {labels.shape}", lbl_name)
         super().__init__(images, labels, CLASSES)
         self.train = train
