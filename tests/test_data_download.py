@@ -244,3 +244,38 @@ def test_extract_rejects_non_archive(tmp_path):
     p.write_bytes(b"this is not an archive")
     with pytest.raises(ValueError, match="neither a tar nor a zip"):
         extract_archive(p, tmp_path / "dest")
+
+
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """Streams zeros without a Content-Length until the client hangs up."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(bytes(1 << 16))
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_size_is_bounded(server, tmp_path):
+    url, served = server
+    (served / "big.bin").write_bytes(bytes(3 << 20))
+    with pytest.raises(DownloadError, match=r"announced 3145728 bytes, more than max_bytes=1048576"):
+        download(url + "big.bin", tmp_path / "out" / "big.bin", None, quiet=True, max_bytes=1 << 20)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(DownloadError, match=r"more than max_bytes=1048576"):
+            download(f"http://127.0.0.1:{httpd.server_address[1]}/endless", tmp_path / "out" / "e.bin", None,
+                     quiet=True, max_bytes=1 << 20)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert list((tmp_path / "out").iterdir()) == []
