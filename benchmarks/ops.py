@@ -82,7 +82,7 @@ def _framework(name):
     """(tensor(array, requires_grad), conv2d, max_pool2d, global average pool, no_grad,
     in_network(array), ones_like(output)) of a framework.  ``in_network`` gives an input
     the memory layout that the framework's previous layer hands it inside a network
-    (minicnn: channels-last, see minicnn/ops/_util.py; torch: C order), ``ones_like``
+    (minicnn: channels-last, see minicnn/fast/layout.py; torch: C order), ``ones_like``
     an output gradient in the layout of the output, as the next layer's backward would."""
     if name == "torch":
         import torch
@@ -105,9 +105,9 @@ def _gemms_only():
     import types
 
     import numpy as np
-    from minicnn.kernels import conv as kernels
+    from minicnn.fast.kernels import conv as kernels
     from numba import njit
-    from minicnn.ops import conv
+    from minicnn.fast.conv import plan
     for name in ("transpose", "im2row", "row2im", "im2col", "col2im", "winograd_input", "winograd_output",
                  "winograd_output_grad", "winograd_input_grad"):
         setattr(kernels, name, lambda *args: None)
@@ -124,7 +124,7 @@ def _gemms_only():
         if zeros.get(key) is None or zeros[key].size < size:
             zeros[key] = np.zeros(size, dtype)
         return zeros[key][:size]
-    conv.scratch = scratch
+    plan.scratch = scratch
 
 
 def _cases(framework, spec, kind, rng):

@@ -55,7 +55,8 @@ TITLES = {"fashion_cnn": "Fashion-MNIST CNN", "improved_cnn": "improved CIFAR CN
 
 def build_minicnn(name):
     from minicnn.models import fashion_cnn, improved_cnn_cifar, resnet20
-    return {"fashion_cnn": fashion_cnn, "improved_cnn": improved_cnn_cifar, "resnet20": resnet20}[name]()
+    from minicnn.nn import fuse
+    return fuse({"fashion_cnn": fashion_cnn, "improved_cnn": improved_cnn_cifar, "resnet20": resnet20}[name]())
 
 
 # ------------------------------------------------------------------ the torch twins

@@ -232,7 +232,7 @@ def part_compare(train, test, args):
         models.append(("improved CNN", improved_cnn_cifar, 2e-4))
     for name, build, lr in models:
         minicnn.manual_seed(args.seed)
-        model = build()
+        model = minicnn.nn.fuse(build())
         rows[name] = train_seed_model(name, model, Adam(model.parameters(), lr=lr), train, test, args)
         slug = name.lower().replace(" ", "_")
         if args.is_main:
@@ -402,7 +402,7 @@ def part_strong(train, test, args):
         transforms.ToFloat(), normalize])
     minicnn.manual_seed(args.seed)
     rng = minicnn.random.new_rng()
-    model = airnet_cifar(args.widths)
+    model = minicnn.nn.fuse(airnet_cifar(args.widths))
     t0 = time.perf_counter()
     sample = train.images[rng.permutation(len(train))[:5000]]
     model.whiten_(normalize(sample.astype(np.float32) / 255))

@@ -119,7 +119,7 @@ def reestimate_batchnorm(model, images, rng, batch_size=250):
 
 def finetune(args, train, test):
     rows = []
-    model = resnet20(pretrained=args.weights)
+    model = minicnn.nn.fuse(resnet20(pretrained=args.weights))
     acc, _ = test_accuracy(model, test)
     rows.append(("pretrained on the original images", acc, "-"))
 
@@ -134,7 +134,7 @@ def finetune(args, train, test):
                  f"{seconds:.0f} s"))
     print(f"(a) BatchNorm re-estimation: {acc:.2f}% in {seconds:.0f} s", flush=True)
 
-    model = resnet20(pretrained=args.weights)
+    model = minicnn.nn.fuse(resnet20(pretrained=args.weights))
     minicnn.manual_seed(args.seed)
     optimizer = SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps = args.epochs * -(-len(train) // args.batch_size)

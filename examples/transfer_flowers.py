@@ -173,7 +173,7 @@ def backbone_maps(args, root, bottom, k, weights):
 
 def transfer(args, root):
     weights = efficientnet_lite0_file()
-    net = efficientnet_lite0(pretrained=weights, num_classes=0)
+    net = minicnn.nn.fuse(efficientnet_lite0(pretrained=weights, num_classes=0))
     stages, k = net.stages(), args.finetune_stages
     cut = len(stages) - args.cache_stages
     bottom, top = stages[:cut], stages[cut:]

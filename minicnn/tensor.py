@@ -14,31 +14,31 @@ backward calls until cleared, as in PyTorch; gradients of intermediate tensors
 are freed as soon as they have been consumed, and so is what each node saved.
 """
 import functools
+import threading
 
 import numpy as np
 
-_grad_enabled = True
+_grad_mode = threading.local()      # per thread, as PyTorch's: worker threads record nothing
 
 
 def is_grad_enabled():
-    """True unless inside :class:`no_grad`."""
-    return _grad_enabled
+    """True unless inside :class:`no_grad` (on this thread)."""
+    return getattr(_grad_mode, "enabled", True)
 
 
 class no_grad:
-    """Context manager and decorator that stops graph recording.
+    """Context manager and decorator that stops graph recording on this thread.
 
     >>> with no_grad():
     ...     y = model(x)        # no graph, no saved buffers
     """
 
     def __enter__(self):
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
+        self._prev = is_grad_enabled()
+        _grad_mode.enabled = False
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
+        _grad_mode.enabled = self._prev
 
     def __call__(self, fn):
         @functools.wraps(fn)
@@ -91,7 +91,8 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **options):
         """Run forward on ``inputs`` and record the node if a gradient is needed."""
-        needs = tuple(_grad_enabled and isinstance(a, Tensor) and a.requires_grad for a in inputs)
+        enabled = is_grad_enabled()
+        needs = tuple(enabled and isinstance(a, Tensor) and a.requires_grad for a in inputs)
         ctx = Context(needs)
         raw = [a.data if isinstance(a, Tensor) else a for a in inputs]
         out = Tensor(cls.forward(ctx, *raw, **options))
@@ -129,6 +130,7 @@ class Tensor:
         self.grad = None
         self._fn = self._ctx = None
         self._parents = ()
+        self._hooks = ()               # gradient hooks (register_hook); retain_grad adds one
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -177,6 +179,24 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` with dL/d(self) whenever backward computes it; a non-None
+        return value replaces the gradient.  Returns a handle with ``remove()``."""
+        if not self.requires_grad:
+            raise RuntimeError("register_hook on a tensor that does not require grad")
+        self._hooks = self._hooks + (hook,)
+        return _TensorHookHandle(self, hook)
+
+    def retain_grad(self):
+        """Keep dL/d(self) in ``.grad`` for an intermediate tensor too (as leaves do),
+        accumulated across backward calls; e.g. an activation's gradient."""
+        if self.is_leaf or any(getattr(h, "retains", False) for h in self._hooks):
+            return
+        def retain(grad):
+            _accumulate(self, grad)
+        retain.retains = True
+        self.register_hook(retain)
+
     # -------------------------------------------------------------- autograd
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
@@ -195,19 +215,24 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {grad.shape}, expected {self.shape}")
         if self.is_leaf:
-            _accumulate(self, grad)
+            _accumulate(self, _run_hooks(self, grad))
             return
         grads = {id(self): grad}
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             if g is None:  # every path from this node to the output is grad-free
                 continue
+            g = _run_hooks(node, g)
             if node._ctx is None:
                 raise RuntimeError("backward through a graph whose buffers were freed; "
                                    "pass retain_graph=True to the first backward()")
             in_grads = node._fn.backward(node._ctx, g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
+            if len(in_grads) != len(node._parents):
+                raise RuntimeError(f"{node._fn.__name__}.backward returned {len(in_grads)} gradient(s) for "
+                                   f"{len(node._parents)} input(s): return one per positional input of "
+                                   "forward (None where there is none)")
             for parent, pg in zip(node._parents, in_grads):
                 if parent is None or pg is None or not parent.requires_grad:
                     continue
@@ -215,30 +240,15 @@ class Tensor:
                     raise RuntimeError(f"{node._fn.__name__}.backward returned a gradient of shape "
                                        f"{pg.shape} for an input of shape {parent.shape}")
                 if parent.is_leaf:
-                    _accumulate(parent, pg)
+                    _accumulate(parent, _run_hooks(parent, pg))
                 else:
                     key = id(parent)
                     grads[key] = grads[key] + pg if key in grads else pg
             if not retain_graph:
                 node._ctx, node._parents = None, ()
 
-
-    # ------------------------------------------------------------ operators
-    # The Functions live in minicnn/ops; these methods only dispatch to them.
-    def __add__(self, other): return _ops.add(self, other)
-    def __radd__(self, other): return _ops.add(other, self)
-    def __sub__(self, other): return _ops.sub(self, other)
-    def __rsub__(self, other): return _ops.sub(other, self)
-    def __mul__(self, other): return _ops.mul(self, other)
-    def __rmul__(self, other): return _ops.mul(other, self)
-    def __truediv__(self, other): return _ops.div(self, other)
-    def __rtruediv__(self, other): return _ops.div(other, self)
-    def __pow__(self, other): return _ops.pow(self, other)
-    def __rpow__(self, other): return _ops.pow(other, self)
-    def __neg__(self): return _ops.neg(self)
-    def __matmul__(self, other): return _ops.matmul(self, other)
-    def __rmatmul__(self, other): return _ops.matmul(other, self)
-    def __getitem__(self, index): return _ops.getitem(self, index)
+    # Arithmetic operators and array methods (+, @, [], .sum(), .reshape(), ...) are
+    # attached by minicnn.ops, where their Functions live: this module knows no op.
 
     # Comparisons give boolean tensors and no gradient.
     def __lt__(self, other): return Tensor(self.data < _raw(other))
@@ -248,29 +258,25 @@ class Tensor:
     def __eq__(self, other): return Tensor(self.data == _raw(other))
     def __ne__(self, other): return Tensor(self.data != _raw(other))
 
-    def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _ops.mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return _ops.max(self, axis, keepdims)
-    def min(self, axis=None, keepdims=False): return _ops.min(self, axis, keepdims)
-    def var(self, axis=None, keepdims=False, ddof=0): return _ops.var(self, axis, keepdims, ddof)
-    def reshape(self, *shape): return _ops.reshape(self, *shape)
-    def transpose(self, *axes): return _ops.transpose(self, *axes)
-    def permute(self, *axes): return _ops.transpose(self, *axes)
-    def flatten(self, start_dim=0, end_dim=-1): return _ops.flatten(self, start_dim, end_dim)
-    def squeeze(self, axis=None): return _ops.squeeze(self, axis)
-    def unsqueeze(self, axis): return _ops.unsqueeze(self, axis)
-    def pad(self, pad_width, value=0.0): return _ops.pad(self, pad_width, value)
-    def exp(self): return _ops.exp(self)
-    def log(self): return _ops.log(self)
-    def sqrt(self): return _ops.sqrt(self)
-    def abs(self): return _ops.abs(self)
-    def clip(self, min=None, max=None): return _ops.clip(self, min, max)
-    def astype(self, dtype): return _ops.astype(self, dtype)
-    T = property(lambda self: _ops.transpose(self))
-
 
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
+
+
+def _run_hooks(t, grad):
+    for hook in t._hooks:
+        out = hook(grad)
+        if out is not None:
+            grad = np.asarray(out.data if isinstance(out, Tensor) else out, dtype=grad.dtype)
+    return grad
+
+
+class _TensorHookHandle:
+    def __init__(self, t, hook):
+        self._t, self._hook = t, hook
+
+    def remove(self):
+        self._t._hooks = tuple(h for h in self._t._hooks if h is not self._hook)
 
 
 def _accumulate(leaf, grad):
@@ -308,6 +314,3 @@ def tensor(data, requires_grad=False, dtype=None):
     >>> x = tensor([[1.0, 2.0]], requires_grad=True)   # float32
     """
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
-
-
-from . import ops as _ops  # noqa: E402  (ops import Tensor/Function from this module)

@@ -30,7 +30,7 @@ The usual recipe, and the tools here for each step::
 """
 from . import nn
 from .nn.dropout import _DropoutBase
-from .nn.norm import _BatchNorm
+from .nn.norm import BatchNorm
 from .train.callbacks import Callback
 from .train.loop import predict
 
@@ -97,14 +97,14 @@ def classifier_head(in_channels, num_classes, hidden=128, dropout=0.2):
 
 def _is_frozen_norm(m):
     params = list(m.parameters())
-    return isinstance(m, _BatchNorm) and bool(params) and not any(p.requires_grad for p in params)
+    return isinstance(m, BatchNorm) and bool(params) and not any(p.requires_grad for p in params)
 
 
 def _is_fixed(module):
     """True if training cannot change ``module`` or its output: nothing trainable, no dropout,
     and every BatchNorm frozen (so in eval mode in a TransferModel)."""
     return not any(p.requires_grad for p in module.parameters()) and not any(
-        isinstance(m, _DropoutBase) or (isinstance(m, _BatchNorm) and not _is_frozen_norm(m))
+        isinstance(m, _DropoutBase) or (isinstance(m, BatchNorm) and not _is_frozen_norm(m))
         for m in module.modules())
 
 
@@ -146,7 +146,7 @@ class TransferModel(nn.Module):
         if mode:
             backbone = {id(m) for m in self.backbone.modules()} if self.bn_eval == "all" else set()
             for m in self.modules():
-                if isinstance(m, _BatchNorm) and (_is_frozen_norm(m) or id(m) in backbone):
+                if isinstance(m, BatchNorm) and (_is_frozen_norm(m) or id(m) in backbone):
                     object.__setattr__(m, "training", False)
         return self
 

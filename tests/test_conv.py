@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
-from minicnn.kernels import conv as kernels
+from minicnn.fast.kernels import conv as kernels
+from minicnn.fast import conv as fast_conv
+from minicnn.fast.conv import plan as plan_mod
 from minicnn.ops import conv as conv_mod
 
 
@@ -71,46 +73,49 @@ def conv_cases(draw, max_side=7, winograd=False):
 def chunking(request, monkeypatch):
     """Run with the default chunk size, or with chunks of 1 or 2 images (ragged last chunk)."""
     if request.param is not None:
-        monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: min(n, request.param))
+        monkeypatch.setattr(plan_mod, "chunk_images", lambda n, _: min(n, request.param))
     return request.param
 
 
-@pytest.fixture(params=["im2col", "im2row", "rowtaps", "winograd"])
-def route(request, monkeypatch):
-    """Run every ungrouped conv that is not 1x1 on the im2col route, or none on it: im2row
-    only, or the row taps, or, on top of that, every 3x3 stride-1 ungrouped conv on Winograd."""
-    monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 10**9 if request.param == "im2col" else 0)
-    monkeypatch.setattr(conv_mod, "ROW_TAPS_MIN_PIXELS", 10**9 if request.param == "im2row" else 0)
-    monkeypatch.setattr(conv_mod, "ROW_TAPS_MAX_WEIGHT", 10**9)
-    if request.param == "winograd":
-        monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1)
-        monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_WIDTH", 1)
-    return request.param
+ROUTE_NAMES = ["reference", "im2col", "im2row", "rowtaps", "winograd", "pointwise", "depthwise"]
 
 
-@pytest.mark.usefixtures("route")
+@pytest.fixture(params=ROUTE_NAMES)
+def route(request):
+    """conv2d on the route of this name wherever it applies, and on the default choice elsewhere."""
+    return routed(request.param)
+
+
+def routed(name):
+    def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+        g = conv_mod.conv_geometry(x.data, w.data, None if b is None else b.data, stride, padding, dilation, groups)
+        applies = name == "reference" or fast_conv.ROUTES[name].applies(g)
+        return ops.conv2d(x, w, b, stride, padding, dilation, groups, route=name if applies else None)
+    return conv2d
+
+
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the routing holds for all examples
 @given(st.one_of(conv_cases(), conv_cases(winograd=True)))
-def test_forward_matches_loops(case):
+def test_forward_matches_loops(route, case):
     x, w, b, kw, (s, pads, d) = case
     expected = reference_conv(x, w, b, s, pads, d, kw["groups"])
-    y = ops.conv2d(tensor(x), tensor(w), None if b is None else tensor(b), **kw)
+    y = route(tensor(x), tensor(w), None if b is None else tensor(b), **kw)
     np.testing.assert_allclose(y.data, expected, rtol=1e-12, atol=1e-12)
-    y32 = ops.conv2d(tensor(x.astype(np.float32)), tensor(w.astype(np.float32)),
-                     None if b is None else tensor(b.astype(np.float32)), **kw)
+    y32 = route(tensor(x.astype(np.float32)), tensor(w.astype(np.float32)),
+                None if b is None else tensor(b.astype(np.float32)), **kw)
     assert y32.dtype == np.float32
     np.testing.assert_allclose(y32.data, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.usefixtures("chunking", "route")
+@pytest.mark.usefixtures("chunking")
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # chunks and routing hold for all examples
 @given(st.one_of(conv_cases(max_side=5), conv_cases(max_side=5, winograd=True)))
-def test_gradients_match_finite_differences(case):
+def test_gradients_match_finite_differences(route, case):
     x, w, b, kw, _ = case
     inputs = [tensor(x, requires_grad=True), tensor(w, requires_grad=True)]
     if b is not None:
         inputs.append(tensor(b, requires_grad=True))
-    assert gradcheck(lambda *t: ops.conv2d(*t, **kw), inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert gradcheck(lambda *t: route(*t, **kw), inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 @pytest.mark.parametrize("need", ["x", "w", "b", "xb", "wb"])
@@ -121,10 +126,10 @@ def test_partial_gradients(need, stride, chunking, route):
     x, w, b = rng.standard_normal((3, 4, 6, 5)), rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
     kw = dict(stride=stride, padding="same", dilation=1, groups=1)
     full = [tensor(a, requires_grad=True) for a in (x, w, b)]
-    gy = rng.standard_normal(ops.conv2d(*full, **kw).shape)
-    ops.conv2d(*full, **kw).backward(gy)
+    gy = rng.standard_normal(route(*full, **kw).shape)
+    route(*full, **kw).backward(gy)
     part = [tensor(a, requires_grad=k in need) for a, k in zip((x, w, b), "xwb")]
-    ops.conv2d(*part, **kw).backward(gy)
+    route(*part, **kw).backward(gy)
     for f, p, k in zip(full, part, "xwb"):
         if k in need:
             np.testing.assert_allclose(p.grad, f.grad, rtol=1e-12, atol=1e-12)
@@ -230,18 +235,42 @@ def test_dtype_errors():
 
 def test_inference_epilogue_errors():
     x, w = np.ones((1, 2, 4, 4), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    fused = minicnn.fast.conv2d_fused
     with pytest.raises(RuntimeError, match="epilogue is for inference and passes no gradient"):
-        ops.conv2d(tensor(x, requires_grad=True), tensor(w), activation="relu")
+        fused(tensor(x, requires_grad=True), tensor(w), activation="relu")
     with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6', got 'gelu'"):
-        ops.conv2d(tensor(x), tensor(w), activation="gelu")
+        fused(tensor(x), tensor(w), activation="gelu")
     with pytest.raises(ValueError, match=r"scale must have shape \(3,\), got \(2,\)"):
-        ops.conv2d(tensor(x), tensor(w), scale=np.ones(2))
+        fused(tensor(x), tensor(w), scale=np.ones(2))
     with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 3, 2, 2\), got \(1, 3, 4, 4\)"):
-        ops.conv2d(tensor(x), tensor(w), residual=np.ones((1, 3, 4, 4), np.float32))
+        fused(tensor(x), tensor(w), residual=np.ones((1, 3, 4, 4), np.float32))
     with pytest.raises(TypeError, match="residual dtype float64 differs from input dtype float32"):
-        ops.conv2d(tensor(x), tensor(w), residual=np.ones((1, 3, 2, 2)))
+        fused(tensor(x), tensor(w), residual=np.ones((1, 3, 2, 2)))
     with minicnn.no_grad():                        # no gradient wanted: fine
-        assert ops.conv2d(tensor(x, requires_grad=True), tensor(w), activation="relu").shape == (1, 3, 2, 2)
+        assert fused(tensor(x, requires_grad=True), tensor(w), activation="relu").shape == (1, 3, 2, 2)
+
+
+@pytest.mark.parametrize("route", ["reference", "im2row", "depthwise"])
+def test_inference_epilogue_on_any_route_equals_the_separate_steps(route, rng):
+    """act(conv(x)·scale + bias + residual) on a route with the fused epilogue, and on the
+    reference (which runs the steps one by one), equal the steps written out."""
+    groups, C = (4, 4) if route == "depthwise" else (1, 3)
+    x = rng.standard_normal((2, C, 5, 5))
+    w, b, scale = rng.standard_normal((4, C // groups, 3, 3)), rng.standard_normal(4), rng.standard_normal(4)
+    res = rng.standard_normal((2, 4, 5, 5))
+    want = np.clip(ops.conv2d(tensor(x), tensor(w), padding=1, groups=groups, route="reference").data
+                   * scale[:, None, None] + b[:, None, None] + res, 0, 6)
+    got = minicnn.fast.conv2d_fused(tensor(x), tensor(w), tensor(b), padding=1, groups=groups, scale=scale,
+                                    residual=res, activation="relu6", route=route)
+    np.testing.assert_allclose(got.data, want, rtol=1e-12, atol=1e-12)
+
+
+def test_route_argument_errors():
+    x, w = tensor(np.ones((1, 2, 4, 4))), tensor(np.ones((3, 2, 3, 3)))
+    with pytest.raises(ValueError, match="unknown route 'fft'; available: reference, "):
+        ops.conv2d(x, w, route="fft")
+    with pytest.raises(ValueError, match="route 'winograd' cannot run this convolution"):
+        ops.conv2d(x, w, stride=2, route="winograd")
 
 
 def test_module_init_shapes_and_repr():
@@ -259,10 +288,9 @@ def test_module_init_shapes_and_repr():
         nn.Conv2d(4, 6, 3, groups=3)
 
 
-@pytest.mark.usefixtures("route")
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(conv_cases(), conv_cases(winograd=True)))
-def test_matches_torch(torch, against_torch, case):
+def test_matches_torch(torch, against_torch, route, case):
     x, w, b, kw, (s, ((pt, pb), (pl, pr)), d) = case
     F = torch.nn.functional
 
@@ -270,7 +298,7 @@ def test_matches_torch(torch, against_torch, case):
         return F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, s, 0, d, kw["groups"])
 
     args = (x, w) if b is None else (x, w, b)
-    against_torch(lambda *t: ops.conv2d(*t, **kw), torch_conv, *args)
+    against_torch(lambda *t: route(*t, **kw), torch_conv, *args)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -281,40 +309,46 @@ def test_same_matches_torch_same_at_stride_1(torch, against_torch):
                   lambda *t: torch.nn.functional.conv2d(*t, padding="same", dilation=(1, 2)), x, w, b)
 
 
-def test_row_taps_where_they_win_and_need_blas_gemm(monkeypatch, rng):
-    """The row taps take the ungrouped convolutions left for im2row with at least
-    ROW_TAPS_MIN_PIXELS output pixels per image and at most ROW_TAPS_MAX_WEIGHT weights
-    per kernel row, and call BLAS's own gemm (kernels.blas); without it (another BLAS,
-    not Linux) the same convolution runs on im2row, with the same values and gradients."""
-    from minicnn.kernels.blas import GEMM
-    if GEMM[np.dtype(np.float32)] is None:     # found wherever NumPy's wheels run on Linux (test_kernels_blas)
-        pytest.skip("no CBLAS gemm found in this process's BLAS: every conv runs on im2row")
+def test_static_choice_of_routes():
+    """Without autotuning, the rules of fast.conv.select pick the routes: depthwise and 1x1
+    by their shape, Winograd for wide 3x3 stride-1 layers, im2col for thin ones, the row
+    taps where each image has enough output pixels and a kernel row's weight is small."""
+    def chosen(x_shape, w_shape, stride=1, padding=1, groups=1):
+        g = conv_mod.conv_geometry(np.empty(x_shape, np.float32), np.empty(w_shape, np.float32), None,
+                                   stride, padding, 1, groups)
+        return fast_conv.choose(g).name
+    assert chosen((2, 8, 8, 8), (8, 1, 3, 3), groups=8) == "depthwise"
+    assert chosen((2, 8, 8, 8), (16, 8, 1, 1), padding=0) == "pointwise"
+    assert chosen((2, 32, 14, 14), (64, 32, 3, 3)) == "winograd"
+    assert chosen((2, 1, 28, 28), (32, 1, 3, 3)) == "im2col"                   # 9 taps per window
+    assert chosen((2, 16, 16, 16), (16, 16, 3, 3)) == "rowtaps"                # 256 pixels, 768 weights
+    assert chosen((2, 16, 7, 7), (16, 16, 3, 3)) == "im2row"                   # 49 pixels per image
+    assert chosen((2, 16, 8, 8), (16, 8, 3, 3), groups=2) == "im2row"          # grouped
+
+
+def test_row_taps_need_blas_gemm(monkeypatch, rng):
+    """Without a CBLAS gemm in the process (another BLAS, not Linux) the row taps do not
+    apply, and the same convolution runs on im2row with the same values and gradients."""
+    from minicnn.fast.conv import rowtaps
+    if rowtaps.gemm(np.float32) is None:     # found wherever NumPy's wheels run on Linux (test_kernels_blas)
+        pytest.skip("no CBLAS gemm found in this process's BLAS: the row taps never apply")
     x = rng.standard_normal((3, 8, 16, 9)).astype(np.float32)
     w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
-    geometry = ((2, 1), (1, 1), (1, 1), 1, (8, 9))             # 72 output pixels per image
-
-    def plan(x_shape=x.shape, w=w, geometry=geometry):
-        return conv_mod._Plan(x_shape, w, geometry)
-    assert plan().row_taps
-    assert not plan(w=w[:, :4], geometry=geometry[:3] + (2,) + geometry[4:]).row_taps   # groups
-    assert not plan((3, 8, 14, 9), geometry=geometry[:4] + ((7, 9),)).row_taps         # 63 pixels
-    wide = np.zeros((conv_mod.ROW_TAPS_MAX_WEIGHT // 24 + 1, 8, 3, 3), np.float32)
-    assert not plan(w=wide).row_taps                                                    # kw·C·O too large
     results = []
-    for gemm in (GEMM[np.dtype(np.float32)], None):
-        monkeypatch.setitem(GEMM, np.dtype(np.float32), gemm)
-        assert plan().row_taps == (gemm is not None)
+    for gemm in (rowtaps.gemm, lambda dtype: None):
+        monkeypatch.setattr(rowtaps, "gemm", gemm)
         xt, wt = tensor(x, requires_grad=True), tensor(w, requires_grad=True)
         y = ops.conv2d(xt, wt, stride=(2, 1), padding=1)
         assert y.shape == (3, 4, 8, 9)
         y.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape))
         results.append((y.data, xt.grad, wt.grad))
+    g = conv_mod.conv_geometry(x, w, None, (2, 1), 1, 1, 1)
+    assert not fast_conv.ROUTES["rowtaps"].applies(g) and fast_conv.choose(g).name == "im2row"
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.usefixtures("route")
-def test_same_bits_with_one_or_two_worker_threads(monkeypatch):
+def test_same_bits_with_one_or_two_worker_threads(route, monkeypatch):
     """Chunks are summed in chunk order, so the thread count does not change the rounding."""
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal(s).astype(np.float32) for s in ((9, 6, 11, 10), (8, 6, 3, 3), (8,))]
@@ -322,7 +356,7 @@ def test_same_bits_with_one_or_two_worker_threads(monkeypatch):
     for threads in ("1", "2"):
         monkeypatch.setenv("MINICNN_NUM_THREADS", threads)
         ts = [tensor(a, requires_grad=True) for a in arrays]
-        y = ops.conv2d(*ts, padding=1)
+        y = route(*ts, padding=1)
         y.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape))
         results.append([y.data] + [t.grad for t in ts])
     for one, two in zip(*results):
@@ -330,7 +364,7 @@ def test_same_bits_with_one_or_two_worker_threads(monkeypatch):
 
 
 def test_parallel_for_runs_each_task_once_and_raises(monkeypatch):
-    from minicnn import _runtime
+    from minicnn.fast import runtime as _runtime
     monkeypatch.setenv("MINICNN_NUM_THREADS", "2")
     seen = []
     _runtime.parallel_for(37, seen.append)
@@ -345,13 +379,13 @@ def test_parallel_for_runs_each_task_once_and_raises(monkeypatch):
 
 @pytest.mark.parametrize("workers_env", [None, "2"])
 def test_blas_made_single_threaded_when_numpy_came_first(workers_env):
-    """``import numpy; import minicnn``: the conv workers still get a single-threaded BLAS
-    (or, where its thread count cannot be set, run as one worker), also when
-    MINICNN_NUM_THREADS sets the worker count."""
-    code = ("import numpy, minicnn\nfrom minicnn import _runtime\n"
-            "assert _runtime._NUMPY_FIRST\n"
+    """The conv workers get a single-threaded BLAS (or, where its thread count cannot be
+    set, run as one worker), also when MINICNN_NUM_THREADS sets the worker count; nothing
+    is applied at import, only when a fast route first runs."""
+    code = ("import numpy, minicnn\nfrom minicnn.fast import runtime as _runtime\n"
+            "assert _runtime.settings() is None\n"
             "workers = _runtime.num_threads()\n"
-            "print(_runtime._blas_checked, workers)")
+            "print(_runtime.settings()['serial_blas'], workers)")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MINICNN_NUM_THREADS")}
     if workers_env is not None:
         env["MINICNN_NUM_THREADS"] = workers_env
@@ -361,12 +395,13 @@ def test_blas_made_single_threaded_when_numpy_came_first(workers_env):
     assert serial or workers == 1
 
 
-_FAULTS = ("import resource, numpy as np, minicnn\nfrom minicnn import _runtime\n"
+_FAULTS = ("import resource, numpy as np, minicnn\nfrom minicnn.fast import runtime as _runtime\n"
+           "_runtime.configure()\n"
            "x = np.ones(2 << 20, np.float32)\n"
            "y = x * 2\ndel y\n"  # the first one maps its pages
            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
            "for _ in range(20):\n    y = x * 2\n    del y\n"
-           "print(_runtime.MALLOC_TUNED, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
+           "print(_runtime.settings()['malloc_tuned'], resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")

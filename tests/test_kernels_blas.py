@@ -4,13 +4,13 @@ import sys
 import numpy as np
 import pytest
 
-from minicnn.kernels.blas import GEMM, NO_TRANS, ROW_MAJOR, TRANS
+from minicnn.fast.kernels.blas import NO_TRANS, ROW_MAJOR, TRANS, gemm as find_gemm
 
 
 def test_numpy_wheels_blas_is_found_on_linux():
     if not sys.platform.startswith("linux"):
         pytest.skip("the BLAS is looked up in /proc/self/maps (Linux); elsewhere conv falls back to im2row")
-    assert GEMM[np.dtype(np.float32)] is not None and GEMM[np.dtype(np.float64)] is not None
+    assert find_gemm(np.float32) is not None and find_gemm(np.float64) is not None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -18,7 +18,7 @@ def test_numpy_wheels_blas_is_found_on_linux():
 def test_gemm_adds_into_a_block_at_an_offset(dtype, trans_a, trans_b, rng):
     """C[r0:r0+M, :N] = alpha·op(A)·op(B) + beta·C on a block of a wider C (ldc > N), the
     rest of C untouched: what the row taps do with beta = 1 and row offsets."""
-    gemm = GEMM[np.dtype(dtype)]
+    gemm = find_gemm(dtype)
     if gemm is None:
         pytest.skip("no CBLAS gemm found in this process's BLAS")
     M, N, K, r0 = 5, 3, 4, 2
@@ -34,10 +34,10 @@ def test_gemm_adds_into_a_block_at_an_offset(dtype, trans_a, trans_b, rng):
 
 def test_a_gemm_that_computes_wrong_is_not_taken():
     """_works guards against a BLAS whose integer width differs from its symbol's promise."""
-    from minicnn.kernels import blas
+    from minicnn.fast.kernels import blas
 
     def wrong(*args):          # leaves C as it was
         pass
     assert not blas._works(wrong, np.float32)
-    if blas.GEMM[np.dtype(np.float64)] is not None:
-        assert blas._works(blas.GEMM[np.dtype(np.float64)], np.float64)
+    if blas.gemm(np.float64) is not None:
+        assert blas._works(blas.gemm(np.float64), np.float64)

@@ -1,4 +1,4 @@
-"""Channels-last memory behind NCHW shapes (``minicnn.ops._util.nhwc``): the GEMM
+"""Channels-last memory behind NCHW shapes (``minicnn.fast.layout.nhwc``): the GEMM
 convolutions write their output and input gradient that way, and convolution, batch
 norm, ReLU, 2x2 max pooling, global average pooling, padding and indexing work in it.
 The layout must never change a value beyond rounding: each op is checked against the
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from minicnn import ops, tensor
-from minicnn.ops import conv as conv_mod
-from minicnn.ops._util import channels_last, nhwc
+from minicnn.fast import conv2d_fused
+from minicnn.fast.conv import plan as plan_mod
+from minicnn.fast.layout import channels_last, nhwc
 
 
 def as_channels_last(a):
@@ -45,15 +46,11 @@ def test_conv_same_bits_in_either_layout(route, g_layout, monkeypatch, rng):
     C, O, k, groups = {"im2row": (4, 6, 3, 1), "rowtaps": (4, 6, 3, 1), "winograd": (4, 6, 3, 1),
                        "pointwise": (4, 6, 1, 1),
                        "im2col": (2, 5, 3, 1), "depthwise": (4, 4, 3, 4)}[route]
-    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1 if route == "winograd" else 10**9)
-    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_WIDTH", 1)
-    monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 32 if route == "im2col" else 0)
-    monkeypatch.setattr(conv_mod, "ROW_TAPS_MIN_PIXELS", 0 if route == "rowtaps" else 10**9)
-    monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: 2)      # several chunks, one ragged
+    monkeypatch.setattr(plan_mod, "chunk_images", lambda n, _: 2)      # several chunks, one ragged
     x = rng.standard_normal((5, C, 7, 6)).astype(np.float32)
     w = rng.standard_normal((O, C // groups, k, k)).astype(np.float32)
     b = rng.standard_normal(O).astype(np.float32)
-    conv = lambda x, w, b: ops.conv2d(x, w, b, padding=k // 2, groups=groups)  # noqa: E731
+    conv = lambda x, w, b: ops.conv2d(x, w, b, padding=k // 2, groups=groups, route=route)  # noqa: E731
     g = rng.standard_normal((5, O, 7, 6)).astype(np.float32)
     g2 = as_channels_last(g) if g_layout == "channels-last" else g
     y_c, grads_c = run(conv, x, g, w, b)
@@ -143,23 +140,19 @@ def test_conv_inference_epilogue_equals_separate_ops(route, res_layout, monkeypa
     C, O, k, groups = {"im2row": (4, 6, 3, 1), "rowtaps": (4, 6, 3, 1), "winograd": (4, 6, 3, 1),
                        "pointwise": (4, 6, 1, 1),
                        "im2col": (2, 5, 3, 1), "depthwise": (4, 4, 3, 4)}[route]
-    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_CHANNELS", 1 if route == "winograd" else 10**9)
-    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_WIDTH", 1)
-    monkeypatch.setattr(conv_mod, "IM2COL_MAX_K", 32 if route == "im2col" else 0)
-    monkeypatch.setattr(conv_mod, "ROW_TAPS_MIN_PIXELS", 0 if route == "rowtaps" else 10**9)
-    monkeypatch.setattr(conv_mod, "_chunk_images", lambda n, _: 2)      # several chunks, one ragged
+    monkeypatch.setattr(plan_mod, "chunk_images", lambda n, _: 2)      # several chunks, one ragged
     x = as_channels_last(rng.standard_normal((5, C, 7, 6)))
     w, b, s = rng.standard_normal((O, C // groups, k, k)), rng.standard_normal(O), rng.standard_normal(O)
     r = rng.standard_normal((5, O, 7, 6))
     r = as_channels_last(r) if res_layout == "channels-last" else r
     w = w * 3                                    # outputs beyond 6, for ReLU6
-    y = ops.conv2d(tensor(x), tensor(w), padding=k // 2, groups=groups).data
+    y = ops.conv2d(tensor(x), tensor(w), padding=k // 2, groups=groups, route="reference").data
     clamp = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0), "relu6": lambda v: np.clip(v, 0, 6)}
     cases = [(s, b, r, "relu"), (s, None, None, None), (None, b, r, "relu6"), (None, None, None, "relu")]
     for scale, bias, res, act in cases:
         want = y * (1 if scale is None else scale[:, None, None]) + (0 if bias is None else b[:, None, None])
         want = clamp[act](want + (0 if res is None else res))
-        got = ops.conv2d(tensor(x), tensor(w), None if bias is None else tensor(bias), padding=k // 2, groups=groups,
-                         scale=scale, residual=res, activation=act).data
+        got = conv2d_fused(tensor(x), tensor(w), None if bias is None else tensor(bias), padding=k // 2,
+                           groups=groups, scale=scale, residual=res, activation=act, route=route).data
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         assert channels_last(got) == (route != "depthwise")

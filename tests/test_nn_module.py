@@ -306,7 +306,7 @@ def test_linear_vs_torch(against_torch, torch, rng):
     against_torch(ops.linear, torch.nn.functional.linear, x[0], w)
     # large enough for the backward GEMMs to run side by side on the worker threads
     x, w, b = rng.standard_normal((2, 50, 130)), rng.standard_normal((90, 130)), rng.standard_normal(90)
-    assert 100 * w.size >= importlib.import_module("minicnn.ops.linear").MIN_PARALLEL
+    assert 100 * w.size >= importlib.import_module("minicnn.fast.linear").MIN_PARALLEL
     against_torch(ops.linear, torch.nn.functional.linear, x, w, b)
 
 
@@ -314,7 +314,7 @@ def test_large_linear_splits_its_outputs_over_the_workers(rng):
     """Above MIN_PARALLEL the forward GEMM runs as two halves of the output features: the
     same values as one GEMM (an odd count, leading axes and the bias included)."""
     x, w, b = rng.standard_normal((2, 40, 150)), rng.standard_normal((91, 150)), rng.standard_normal(91)
-    assert 80 * w.size >= importlib.import_module("minicnn.ops.linear").MIN_PARALLEL
+    assert 80 * w.size >= importlib.import_module("minicnn.fast.linear").MIN_PARALLEL
     out = ops.linear(tensor(x), tensor(w), tensor(b))
     assert out.shape == (2, 40, 91)
     np.testing.assert_allclose(out.data, x @ w.T + b, rtol=1e-12, atol=1e-12)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
-from minicnn.nn import norm as nn_norm
+from minicnn.nn import fusion as nn_fuse
 
 # kind -> (fused op with signature (x, w, b, groups, eps), axes of the statistics after the
 # (N, G, C/G, S) view used by the composed reference)
@@ -227,7 +227,7 @@ def test_batch_norm_residual_relu_epilogue_equals_separate_ops(data):
         tx, tw, tb, tr = _tensors(x, w, b, r)
         res = tr if with_residual else None
         if fused:
-            y = ops.batch_norm(tx, *stats, tw, tb, training=training, residual=res, relu=relu)
+            y = minicnn.fast.batch_norm_fused(tx, *stats, tw, tb, training=training, residual=res, relu=relu)
         else:
             y = ops.batch_norm(tx, *stats, tw, tb, training=training)
             y = y if res is None else y + res
@@ -243,26 +243,27 @@ def test_batch_norm_epilogue_gradients_match_finite_differences(rng):
     x, r = rng.standard_normal((3, 2, 3, 2)), rng.standard_normal((3, 2, 3, 2))
     w, b = rng.standard_normal(2), rng.standard_normal(2)
     inputs = _tensors(_channels_last(x), w, b, r)
-    f = lambda x, w, b, r: ops.batch_norm(x, None, None, w, b, training=True, residual=r, relu=True)  # noqa: E731
+    f = lambda x, w, b, r: minicnn.fast.batch_norm_fused(x, None, None, w, b, training=True, residual=r,  # noqa: E731
+                                                        relu=True)
     assert gradcheck(f, inputs, eps=1e-7, atol=1e-6, rtol=1e-5)
 
 
 def test_fused_module_runs_as_written_under_forward_hooks(rng):
-    """BatchNorm2d.fused and Sequential's BN -> ReLU fusion: the result of the separate
-    layers either way, and a forward hook sees the batch norm's own output."""
+    """nn.bn_act and a fused Sequential's BN -> ReLU: the result of the separate layers
+    either way, and a forward hook sees the batch norm's own output."""
     x = rng.standard_normal((4, 3, 5, 5))
     res = rng.standard_normal((4, 3, 5, 5))
     bn = nn.BatchNorm2d(3, dtype=np.float64)
     bn.weight.data[:] = rng.standard_normal(3)
     bn.eval()
     want = ops.relu(bn(tensor(x)) + tensor(res)).data
-    np.testing.assert_allclose(bn.fused(tensor(x), tensor(res), relu=True).data, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(nn.bn_act(bn, tensor(x), tensor(res), relu=True).data, want, rtol=1e-12, atol=1e-12)
     seen = []
     bn.register_forward_hook(lambda m, args, out: seen.append(out.data))
-    np.testing.assert_allclose(bn.fused(tensor(x), tensor(res), relu=True).data, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(nn.bn_act(bn, tensor(x), tensor(res), relu=True).data, want, rtol=1e-12, atol=1e-12)
     assert len(seen) == 1 and seen[0].min() < 0                     # before the add and the ReLU
-    net = nn.Sequential(nn.BatchNorm2d(3, dtype=np.float64), nn.ReLU(), nn.BatchNorm2d(3, dtype=np.float64),
-                        nn.ReLU(), nn.MaxPool2d(2))
+    net = nn.fuse(nn.Sequential(nn.BatchNorm2d(3, dtype=np.float64), nn.ReLU(), nn.BatchNorm2d(3, dtype=np.float64),
+                                nn.ReLU(), nn.MaxPool2d(2)))
     net.eval()
     net[0].running_mean[:] = rng.standard_normal(3)
     fused = net(tensor(x)).data
@@ -276,7 +277,7 @@ def test_fused_module_runs_as_written_under_forward_hooks(rng):
 def test_conv_bn_folds_an_eval_batch_norm_into_the_convolution(affine, conv_bias, rng):
     """nn.conv_bn in eval mode without gradients: relu(bn(conv(x)) + residual) as the
     convolution's epilogue, equal to the layers run one by one; with gradients (or in
-    training) it runs conv then bn.fused, and the gradients reach the convolution."""
+    training) it runs conv then nn.bn_act, and the gradients reach the convolution."""
     conv = nn.Conv2d(3, 4, 3, padding=1, bias=conv_bias, dtype=np.float64)
     bn = nn.BatchNorm2d(4, affine=affine, dtype=np.float64)
     bn.running_mean[:], bn.running_var[:] = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
@@ -294,16 +295,16 @@ def test_conv_bn_folds_an_eval_batch_norm_into_the_convolution(affine, conv_bias
     np.testing.assert_allclose(got.data, want.data, rtol=1e-12, atol=1e-12)
     got.sum().backward()
     assert conv.weight.grad is not None and np.abs(conv.weight.grad).max() > 0
-    assert not nn_norm._folds_into(conv, bn, x, res)
+    assert not nn_fuse._folds_into(conv, bn, x, res)
     conv.requires_grad_(False)
     bn.requires_grad_(False)                       # a frozen backbone: folded with gradients on, too
-    assert nn_norm._folds_into(conv, bn, x, res)
+    assert nn_fuse._folds_into(conv, bn, x, res)
     np.testing.assert_allclose(nn.conv_bn(conv, bn, x, res, activation="relu").data, want.data, rtol=1e-12, atol=1e-12)
 
 
-def test_sequential_folds_conv_bn_relu_in_eval_without_gradients(rng):
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64),
-                        nn.ReLU(), nn.Conv2d(3, 3, 1, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64))
+def test_fused_sequential_folds_conv_bn_relu_in_eval_without_gradients(rng):
+    net = nn.fuse(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64),
+                                nn.ReLU(), nn.Conv2d(3, 3, 1, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64)))
     net[1].running_mean[:], net[4].running_var[:] = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
     net.eval()
     x = tensor(rng.standard_normal((2, 2, 4, 5)))
@@ -325,7 +326,8 @@ def test_batch_norm_epilogue_matches_torch(training, against_torch, torch, rng):
     mean, var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
     stats = (None, None) if training else (mean, var)
     t_stats = (None, None) if training else (torch.tensor(mean), torch.tensor(var))
-    against_torch(lambda x, r, w, b: ops.batch_norm(x, *stats, w, b, training=training, residual=r, relu=True),
+    against_torch(lambda x, r, w, b: minicnn.fast.batch_norm_fused(x, *stats, w, b, training=training, residual=r,
+                                                                  relu=True),
                   lambda x, r, w, b: F.relu(F.batch_norm(x, *t_stats, w, b, training=training) + r), x, r, w, b)
 
 
@@ -356,7 +358,7 @@ def test_conv_bn_fold_matches_torch(groups, activation, torch, rng):
 ])
 def test_batch_norm_epilogue_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
-        ops.batch_norm(tensor(np.zeros((2, 3, 4, 4))), None, None, training=True, **kwargs)
+        minicnn.fast.batch_norm_fused(tensor(np.zeros((2, 3, 4, 4))), None, None, training=True, **kwargs)
 
 
 @pytest.mark.parametrize("make, x_shape, message", [

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
-from minicnn.kernels import pool as pool_kernels
+from minicnn.fast.kernels import pool as pool_kernels
 
 
 def _axis(size, k, s, p, ceil_mode):

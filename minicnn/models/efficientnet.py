@@ -38,7 +38,7 @@ maps the PyTorch port's names (``_conv_stem``, ``_blocks.3._bn1``, ``_fc``) onto
 """
 import numpy as np
 
-from .. import nn
+from .. import nn, ops
 from .pretrained import load_efficientnet_lite0
 
 __all__ = ["LITE0_STAGES", "ConvBNAct", "MBConv", "EfficientNetLite",
@@ -64,7 +64,11 @@ class ConvBNAct(nn.Module):
         self.act = act
 
     def forward(self, x):
-        # In inference, BN and ReLU6 run in the convolution's epilogue.
+        y = self.bn(self.conv(x))
+        return ops.relu6(y) if self.act else y
+
+    def fused_forward(self, x):
+        """``forward`` fused (``nn.fuse``): in inference, BN and ReLU6 run in the convolution's epilogue."""
         return nn.conv_bn(self.conv, self.bn, x, activation="relu6" if self.act else None)
 
     def extra_repr(self):

@@ -11,10 +11,11 @@ Layout for depth 6n + 2 (n = 3, 5, 7, 9), input (N, 3, 32, 32):
 BasicBlock:  y = ReLU(bn2(conv2(ReLU(bn1(conv1(x))))) + shortcut(x)), 3x3
 convolutions without bias.  Shortcuts are "option A", parameter-free: the
 identity, or where the block changes shape, x subsampled with stride 2 and
-zero-padded with planes/4 channels on each side.  Each conv -> BN chain runs with
-what follows fused (``nn.conv_bn``): bn1 -> ReLU and bn2 -> + shortcut -> ReLU in the
-batch norm's pass while training, the whole chain in the convolution's epilogue in
-eval mode without gradients; the same values as the separate ops.
+zero-padded with planes/4 channels on each side.  ``forward`` runs every layer on
+its own; after ``nn.fuse(model)`` the blocks run ``fused_forward``, each conv -> BN
+chain with what follows fused (``nn.conv_bn``): bn1 -> ReLU and bn2 -> + shortcut ->
+ReLU in the batch norm's pass while training, the whole chain in the convolution's
+epilogue in eval mode without gradients; the same values as the separate ops.
 
 Parameter names are those of github.com/akamaster/pytorch_resnet_cifar10
 without its ``module.`` prefix (``conv1.weight``, ``layer2.0.bn1.running_mean``,
@@ -67,6 +68,11 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x):
+        out = ops.relu(self.bn1(self.conv1(x)))
+        return ops.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+    def fused_forward(self, x):
+        """``forward`` with each conv -> BN chain fused (``nn.fuse``)."""
         out = nn.conv_bn(self.conv1, self.bn1, x, activation="relu")
         return nn.conv_bn(self.conv2, self.bn2, out, residual=self.shortcut(x), activation="relu")
 
@@ -93,7 +99,13 @@ class ResNetCIFAR(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x):
-        out = nn.conv_bn(self.conv1, self.bn1, x, activation="relu")
+        return self.head(ops.relu(self.bn1(self.conv1(x))))
+
+    def fused_forward(self, x):
+        """``forward`` with the stem's conv -> BN -> ReLU fused (``nn.fuse``)."""
+        return self.head(nn.conv_bn(self.conv1, self.bn1, x, activation="relu"))
+
+    def head(self, out):
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(ops.adaptive_avg_pool2d(out, 1).flatten(1))
 

@@ -25,8 +25,7 @@ import numpy as np
 
 from .. import ops
 from ..ops.checks import check_array
-from ..tensor import is_grad_enabled
-from .module import Module, annotate_error
+from .module import Module
 from .parameter import Parameter
 
 
@@ -93,7 +92,7 @@ class _NormBase(Module):
                 f"track_running_stats={self.track_running_stats}")
 
 
-class _BatchNorm(_NormBase):
+class BatchNorm(_NormBase):
     """y = (x - μ)/√(var + eps)·weight + bias, statistics per channel over every other axis.
 
     Training mode (or track_running_stats=False): the batch's statistics, biased
@@ -106,81 +105,27 @@ class _BatchNorm(_NormBase):
         self.num_features = num_features
 
     def forward(self, x):
-        return self._norm(x)
-
-    def fused(self, x, residual=None, relu=False):
-        """relu(self(x) + residual) (either part optional) in one pass over the activation,
-        see ``ops.batch_norm``: how a ResNet block ends.  With forward hooks on this module
-        it runs as written, so that the hooks see the batch norm's own output."""
-        if self._forward_hooks:
-            y = self(x)
-            y = y if residual is None else y + residual
-            return ops.relu(y) if relu else y
-        try:
-            return self._norm(x, residual, relu)
-        except Exception as exc:
-            annotate_error(exc, self)     # named as if called, e.g. by Sequential's fused batch norm + ReLU
-            raise
-
-    def _norm(self, x, residual=None, relu=False):
         self._check_input(x)
-        use_batch = self.training or not self.track_running_stats
+        use_batch, momentum = self._batch_mode()
         if x.shape[0] == 0 and not use_batch:
-            # An empty batch gives an empty output, as in PyTorch; ops.batch_norm's row view
-            # cannot reshape an empty batch (N*C rows of -1 elements).
+            # An empty batch gives an empty output, as in PyTorch.
             return ops.mul(x, 1)
-        momentum = self._tracking_factor() if self.training and self.track_running_stats else 0.0
         return ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                              training=use_batch, momentum=momentum, eps=self.eps, residual=residual, relu=relu)
+                              training=use_batch, momentum=momentum, eps=self.eps)
+
+    def _batch_mode(self):
+        """(normalize with the batch's statistics?, momentum of the running update)."""
+        use_batch = self.training or not self.track_running_stats
+        return use_batch, self._tracking_factor() if self.training and self.track_running_stats else 0.0
 
 
-def _folds_into(conv, bn, *inputs):
-    """True if ``conv_bn(conv, bn, *inputs)`` runs as the convolution's inference epilogue:
-    running statistics, no forward hooks, and no gradient wanted for any of its tensors."""
-    tensors = (conv.weight, conv.bias, bn.weight, bn.bias) + inputs
-    wants_grad = is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
-    return not (bn.training or not bn.track_running_stats or wants_grad or conv._forward_hooks
-                or bn._forward_hooks)
-
-
-def conv_bn(conv, bn, x, residual=None, activation=None):
-    """act(bn(conv(x)) + residual), each of the last two optional (``activation`` None,
-    'relu' or 'relu6'): a conv -> batch norm chain, with as much of it fused as the mode
-    allows.
-
-    Eval mode (running statistics) where no gradient is wanted (inside ``no_grad``, or a
-    frozen part of a network): the batch norm is a per-channel affine map,
-    s = weight/√(running_var + eps), t = bias - running_mean·s, so the whole chain is
-    ``ops.conv2d``'s inference epilogue, act(conv(x)·s + b_conv·s + t + residual),
-    applied to each chunk of the convolution's output while it is in cache.  Otherwise
-    the convolution, then ``bn.fused`` (and ReLU6 on its own).  With forward hooks on
-    either module it runs as written, so that the hooks see each layer's own output.
-    """
-    if not _folds_into(conv, bn, x, residual):
-        y = bn.fused(conv(x), residual, relu=activation == "relu")
-        return ops.relu6(y) if activation == "relu6" else y
-    scale = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale = scale * bn.weight.data
-        shift = shift * bn.weight.data + bn.bias.data
-    if conv.bias is not None:
-        shift = shift + conv.bias.data * scale
-    try:
-        return ops.conv2d(x, conv.weight, shift.astype(conv.weight.dtype), conv.stride, conv.padding,
-                          conv.dilation, conv.groups, scale=scale, residual=residual, activation=activation)
-    except Exception as exc:
-        annotate_error(exc, conv)         # the input reached the convolution
-        raise
-
-
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(BatchNorm):
     """Batch norm over (N, C) or (N, C, L) inputs; statistics per channel over N (and L)."""
     _ndims = (2, 3)
     _layout = "(N, C) or (N, C, L)"
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(BatchNorm):
     """Batch norm over (N, C, H, W) inputs; statistics per channel over N, H and W."""
     _ndims = (4,)
     _layout = "(N, C, H, W)"

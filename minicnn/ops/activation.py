@@ -3,48 +3,23 @@ import math
 
 import numpy as np
 
-from .._runtime import parallel_slices
-from ..kernels import activation as K
-from ..kernels.special import erf
 from ..tensor import Function
-from ._util import nhwc
-
-# The activations that fused epilogues apply (batch norm's, the convolution's), as
-# clamping bounds [lo, hi]: see kernels.norm.epilogue.
-CLAMPS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
-
-_SLICE = 1 << 16   # elements per worker task at least: below that, threads cost more than they save
+from . import dispatch
+from .special import erf
 
 
 class ReLU(Function):
-    """y = max(x, 0).   dy/dx = [x > 0] (0 at x = 0, as PyTorch).  Large arrays run in
-    slices on the worker threads.  A channels-last x (``minicnn.ops._util.nhwc``) is
-    worked on in its own memory order, and y keeps that layout."""
+    """y = max(x, 0);  dL/dx = dL/dy · [x > 0]."""
+
     @staticmethod
     def forward(ctx, x):
-        ctx.channels_last = not x.flags.c_contiguous and nhwc(x) is not None
-        x = nhwc(x) if ctx.channels_last else np.asarray(x, order="C")  # (ascontiguousarray makes 0-d 1-d)
-        y = np.empty_like(x)
-        xf, yf = x.reshape(-1), y.reshape(-1)
-        parallel_slices(x.size, lambda s: K.relu(xf[s], yf[s]), _SLICE)
-        ctx.save_for_backward(y)
-        return y.transpose(0, 3, 1, 2) if ctx.channels_last else y
+        ctx.save_for_backward(x > 0)
+        return np.maximum(x, 0)
 
     @staticmethod
-    def backward(ctx, g):
-        y, = ctx.saved                   # in the memory order the forward pass worked in
-        g = np.ascontiguousarray(g.transpose(0, 2, 3, 1)) if ctx.channels_last else np.asarray(g, order="C")
-        gx = relu_grad(g, y)
-        return gx.transpose(0, 3, 1, 2) if ctx.channels_last else gx
-
-
-def relu_grad(g, y):
-    """g where y > 0, else 0 (PyTorch's threshold_backward), as a new array; g and y
-    C-contiguous of one shape.  Large arrays run in slices on the worker threads."""
-    gx = np.empty_like(g)
-    gf, yf, gxf = g.reshape(-1), y.reshape(-1), gx.reshape(-1)
-    parallel_slices(g.size, lambda s: K.relu_backward(gf[s], yf[s], gxf[s]), _SLICE)
-    return gx
+    def backward(ctx, gy):
+        (inside,) = ctx.saved
+        return np.where(inside, gy, 0)
 
 
 class ReLU6(Function):
@@ -184,7 +159,7 @@ def log_softmax_array(x, axis=-1):
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
-def relu(x): return ReLU.apply(x)
+def relu(x): return dispatch.implementation("relu", ReLU, None).apply(x)
 def relu6(x): return ReLU6.apply(x)
 def leaky_relu(x, negative_slope=0.01): return LeakyReLU.apply(x, slope=negative_slope)
 def sigmoid(x): return Sigmoid.apply(x)

@@ -7,7 +7,7 @@ tensor's dtype, so float32 stays float32 and float64 stays float64.
 import numpy as np
 
 from ..tensor import Function, Tensor
-from ._util import unbroadcast
+from .util import unbroadcast
 
 
 def _operands(a, b):

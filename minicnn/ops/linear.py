@@ -1,11 +1,9 @@
 """Fully connected layer as one Function."""
 import numpy as np
 
-from .._runtime import parallel_for
 from ..tensor import Function
+from . import dispatch
 from .checks import check_array, check_dtypes
-
-MIN_PARALLEL = 1 << 20   # multiply-adds per GEMM below which the GEMMs run in turn, unsplit
 
 
 class Linear(Function):
@@ -17,46 +15,17 @@ class Linear(Function):
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        x2 = x.reshape(-1, x.shape[-1])
-        if x2.shape[0] * w.size >= MIN_PARALLEL and w.shape[0] >= 2:
-            # Halves of the output features on two workers, each a single-threaded GEMM
-            # (Fashion-MNIST CNN's 3136->128, batch 64: 0.67 -> 0.43 ms; halves of the
-            # batch instead, each reading all of W: 0.53 ms).
-            halves = (slice(0, w.shape[0] // 2), slice(w.shape[0] // 2, None))
-            parts = [None, None]
-
-            def half(k):
-                parts[k] = x2 @ w[halves[k]].T
-            parallel_for(2, half)
-            y = np.concatenate(parts, axis=1).reshape(x.shape[:-1] + (w.shape[0],))
-        else:
-            y = x @ w.T
-        if b is not None:
-            y += b
-        return y
+        y = x @ w.T
+        return y if b is None else y + b
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-        products = {0: lambda: g @ w, 1: lambda: g2.T @ x2}
-        wanted = [i for i in (0, 1) if ctx.needs_input_grad[i]]
-        grads = [None, None]
-
-        def task(k):
-            grads[wanted[k]] = products[wanted[k]]()
-
-        # BLAS runs single-threaded (see minicnn._runtime), so large dx and dW GEMMs run
-        # on two workers side by side.  Splitting one GEMM into row or column slices was
-        # slower at the Fashion-MNIST CNN's 3136->128 (batch 64): 0.52 -> 0.58-0.65 ms for
-        # dW; side by side, dx + dW took 1.17 -> 0.88 ms.
-        if g2.shape[0] * w.size >= MIN_PARALLEL:
-            parallel_for(len(wanted), task)
-        else:
-            for k in range(len(wanted)):
-                task(k)
+        gx = g @ w if ctx.needs_input_grad[0] else None
+        gw = g2.T @ x2 if ctx.needs_input_grad[1] else None
         gb = g2.sum(axis=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grads[0], grads[1], gb
+        return gx, gw, gb
 
 
 def linear(x, weight, bias=None):
@@ -72,4 +41,5 @@ def linear(x, weight, bias=None):
     if bias is not None and tuple(bias.shape) != (out,):
         raise ValueError(f"{layer}: bias must have shape ({out},), got {tuple(bias.shape)}")
     check_dtypes(layer, x, weight=weight, bias=bias)
-    return Linear.apply(x, weight, bias)
+    rows = int(np.prod(x.shape[:-1]))
+    return dispatch.implementation("linear", Linear, (rows,) + tuple(weight.shape)).apply(x, weight, bias)

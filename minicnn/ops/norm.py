@@ -1,244 +1,175 @@
-"""Normalization: batch, instance, group and layer norm, each one Function with a fused backward.
+"""Normalization: batch, instance, group and layer norm: the reference.
 
-All four compute  x̂ = (x - μ)/σ,  σ = √(var + eps),  y = w·x̂ + b,  with the
-biased variance var = Σ(x - μ)²/n over a group of n elements; they differ in
-the group (x is (N, C, *), S = prod(*)):
+All four normalize x by the mean μ and the biased variance var of a group of n
+of its elements, then apply an affine map:
 
-    batch_norm     per channel c, over N and *        n = N·S     (or fixed running stats)
-    instance_norm  per (sample, channel), over *      n = S
-    group_norm     per (sample, group), over C/G channels and *    n = (C/G)·S
-    layer_norm     per leading index, over the trailing normalized_shape
+    x̂ = (x - μ) / σ,   σ = √(var + eps),   var = Σ (x - μ)² / n,   y = w·x̂ + b
 
-w and b are per channel (C,) for the first three and elementwise
-(normalized_shape) for layer_norm.  With g = dL/dy and means over the group:
+They differ only in the group (x is (N, C, *)):
+
+    BatchNorm     per channel, over N and *                 w, b: (C,)
+    InstanceNorm  per (sample, channel), over *             w, b: (C,)
+    GroupNorm     per (sample, group of C/G channels), over those channels and *
+    LayerNorm     per leading index, over the trailing `ndim` axes   w, b: their shape
+
+Backward, with g = dL/dy and the means taken over the same group as μ:
 
     dL/dx̂ = g·w
-    dL/dx = (1/σ)·(dL/dx̂ - mean(dL/dx̂) - x̂·mean(dL/dx̂·x̂))    batch statistics
-    dL/dx = (1/σ)·dL/dx̂                                         fixed (running) statistics
-    dL/dw = Σ g·x̂,   dL/db = Σ g                                 over every axis but w's
+    dL/dx  = (1/σ)·(dL/dx̂ - mean(dL/dx̂) - x̂·mean(dL/dx̂·x̂))
+    dL/dw  = Σ g·x̂,   dL/db = Σ g          (over every axis w is broadcast along)
 
-Computation.  x is viewed as rows of a (R, L) matrix (R = N·C rows of L = S for
-the channel norms, one row per sample for layer_norm).  The kernels in
-``minicnn.kernels.norm`` take each row's moments in one pass; the rows are then
-pooled into groups (Chan's formula, exact in float64):
+(Differentiate x̂ = (x - μ)/σ through μ and σ, which depend on every x of the
+group: the two mean terms are what μ and σ pass back.)  With fixed statistics
+(eval-mode batch norm), μ and σ are constants and dL/dx = dL/dx̂ / σ.
 
-    μ = mean over rows of μ_r,   M2 = Σ M2_r + L·Σ (μ_r - μ)²,   var = M2 / n
-
-The backward takes Σg and Σg·(x - μ) per row in one pass, turns them into
-per-row coefficients, and writes dL/dx = α·g + β·(x - μ) + γ in a second pass.
-Statistics and coefficients are float64; y and dL/dx keep x's dtype.
-
-Epilogue (``batch_norm(..., residual=r, relu=True)``, a ResNet block's end):
-out = ReLU(y + r) in the normalizing pass itself.  The backward masks g by
-[out > 0] first; that masked g is also dL/dr, and goes on through the formulas above.
+Running statistics (batch and instance norm): r ← (1 - momentum)·r + momentum·batch,
+with the unbiased variance var·n/(n - 1), updated in place in r's own dtype.
+Statistics are computed in float64; y and dL/dx keep x's dtype.  ``minicnn.fast.norm``
+runs the same Functions on Numba kernels (two passes over memory per direction).
 """
 import numpy as np
 
-from ..kernels.norm import (col_sums, grad_cols, grad_rows, normalize_cols, normalize_rows, row_grad_sums,
-                            row_moments)
 from ..tensor import Function
-from ._util import EMPTY, nhwc, raw
-from .activation import CLAMPS, relu_grad
+from . import dispatch
+from .util import raw
 
 
-# Row slices of the channels-last (column) kernels: fixed, so the bits do not depend on the thread count.
-_COL_SLICES = 16
+def moments(x, axes):
+    """Mean and biased variance of x over `axes`, float64, keeping the reduced axes."""
+    x = x.astype(np.float64)
+    return x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
 
 
-def _row_stats(rows, columns=False):
-    """Mean and M2 = Σ(x - mean)² of each row of a contiguous (R, L) array, or with
-    ``columns`` of each column of a (P, C) one; float64."""
-    if columns:
-        shift = rows[0].astype(np.float64)        # the shifted-data algorithm, as row_moments
-        s = np.empty((min(_COL_SLICES, rows.shape[0]), rows.shape[1]))
-        ss = np.empty_like(s)
-        col_sums(rows, shift, rows, shift, s, ss)
-        s, ss = s.sum(axis=0), ss.sum(axis=0)
-        return shift + s / rows.shape[0], np.maximum(ss - s * s / rows.shape[0], 0.0)
-    mean = np.empty(rows.shape[0])
-    m2 = np.empty(rows.shape[0])
-    row_moments(rows, mean, m2)
-    return mean, m2
+def normalize(x, mean, var, eps):
+    """x̂ = (x - μ)/σ and σ = √(var + eps), float64."""
+    std = np.sqrt(var + eps)
+    return (x.astype(np.float64) - mean) / std, std
 
 
-def _row_sums(g_rows, rows, mean_r, columns=False):
-    """Σg and Σg·(x - mean_r) of each row (or with ``columns``, each column), float64."""
-    if columns:
-        sg = np.empty((min(_COL_SLICES, rows.shape[0]), rows.shape[1]))
-        sgx = np.empty_like(sg)
-        col_sums(g_rows, np.zeros(rows.shape[1]), rows, mean_r, sg, sgx)
-        return sg.sum(axis=0), sgx.sum(axis=0)
-    sg = np.empty(rows.shape[0])
-    sgx = np.empty(rows.shape[0])
-    row_grad_sums(g_rows, rows, mean_r, sg, sgx)
-    return sg, sgx
+def normalize_backward(g_xhat, xhat, std, axes):
+    """dL/dx from dL/dx̂ when μ, σ are x's own statistics over `axes`:
+    (1/σ)·(dL/dx̂ - mean(dL/dx̂) - x̂·mean(dL/dx̂·x̂)).  axes None: fixed statistics, dL/dx̂ / σ."""
+    if axes is None:
+        return g_xhat / std
+    mean_g = g_xhat.mean(axis=axes, keepdims=True)
+    mean_gx = (g_xhat * xhat).mean(axis=axes, keepdims=True)
+    return (g_xhat - mean_g - xhat * mean_gx) / std
 
 
-def _per_row(a, shape):
-    """Broadcast a small per-group array to ``shape`` and flatten it to one float64 value per row."""
-    return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float64).reshape(-1)
+def update_running(running, stat, momentum):
+    """running ← (1 - momentum)·running + momentum·stat, in place, in running's dtype."""
+    running[...] = (1 - momentum) * running + momentum * stat.reshape(running.shape)
 
 
-def _normalize(rows, mean_r, scale_r, shift_r, dtype, columns=False, res=None, relu=False):
-    """(x - μ_r)·scale_r + shift_r per row (or column), plus ``res`` (rows' shape) if given,
-    through ReLU if ``relu``; as a new array of ``dtype``."""
-    out = np.empty(rows.shape, dtype)
-    res = EMPTY[np.dtype(dtype)][2] if res is None else res
-    (normalize_cols if columns else normalize_rows)(rows, mean_r, scale_r, shift_r, res,
-                                                    *CLAMPS["relu" if relu else None], out)
-    return out
+class _Norm(Function):
+    """What the four norms share: y = w·x̂ + b and the backward of the module docstring.
 
-
-def _input_grad(g_rows, rows, mean_r, alpha, beta, gamma, columns=False):
-    """dL/dx = α·g + β·(x - μ) + γ per row (or column), in x's dtype."""
-    gx = np.empty(rows.shape, np.result_type(g_rows, rows))
-    (grad_cols if columns else grad_rows)(g_rows, rows, mean_r, alpha, beta, gamma, gx)
-    return gx
-
-
-def _as_rows(a, shape, columns):
-    """An (N, C, *) array as the kernels' contiguous (R, L) rows, or with ``columns`` as
-    the (N·H·W, C) columns of its NHWC memory (no copy if it is channels-last)."""
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1) if columns else a).reshape(shape)
-
-
-def _from_rows(a, shape, columns):
-    """The adjoint view of _as_rows: rows (or columns) back to the (N, C, *) ``shape``."""
-    if columns:
-        return a.reshape(shape[0], *shape[2:], shape[1]).transpose(0, 3, 1, 2)
-    return a.reshape(shape)
-
-
-class ChannelNorm(Function):
-    """Batch, instance and group norm: per-channel affine, statistics over groups of rows.
-
-    x (N, C, *) is viewed as rows (N, C, S), and the channels as (G, K), K = C/G:
-
-        over_batch=True   statistics per group g over (N, K, S)     batch norm (G = C)
-        over_batch=False  statistics per (n, g) over (K, S)        group norm; instance norm is G = C
-
-    weight, bias: (C,) or None.  stats=(mean, var), each (C,): fixed statistics
-    (eval-mode batch norm) instead of the batch's.  residual (x's shape) or None,
-    relu: the output is ReLU(y + residual) in the same pass (a ResNet block's
-    BN -> add -> ReLU; gradients: g·[out > 0] to y and to the residual).  running=(running_mean,
-    running_var, momentum): the per-channel running estimates are updated in
-    place, r ← (1 - momentum)·r + momentum·batch, with the unbiased variance
-    var·n/(n - 1) (instance norm averages its per-sample statistics over N first).
+    A subclass's forward picks the statistics and calls _affine with
+      stat_shape  a reshape of x in which the statistics are taken over `axes`
+                  (GroupNorm: (N, G, rest); the others: x's own shape);
+      axes        those axes, or None for fixed statistics;
+      w_shape     how w and b broadcast against x (BatchNorm: (1, C, 1, 1)).
     """
-    @staticmethod
-    def forward(ctx, x, weight, bias, residual=None, groups=1, over_batch=False, eps=1e-5, stats=None,
-                running=None, relu=False):
-        N, C = x.shape[:2]
-        K = C // groups
-        # Batch norm of a channels-last x (see ops._util.nhwc) works on its memory as
-        # columns (N·H·W, C): one "row" of N·H·W values per channel, grid (1, C, 1).
-        columns = over_batch and K == 1 and not x.flags.c_contiguous and nhwc(x) is not None
-        if columns:
-            grid = (1, C, 1)
-            rows = nhwc(x).reshape(-1, C)
-            L = rows.shape[0]
-        else:
-            grid = (N, groups, K)
-            rows = np.ascontiguousarray(x).reshape(N * C, -1)
-            L = rows.shape[1]
-        if stats is None:
-            axes = (0, 2) if over_batch else (2,)
-            mean_r, m2_r = (a.reshape(grid) for a in _row_stats(rows, columns))
-            mean = mean_r.mean(axis=axes, keepdims=True)
-            m2 = m2_r.sum(axis=axes, keepdims=True) + L * ((mean_r - mean) ** 2).sum(axis=axes, keepdims=True)
-            n = L * int(np.prod([grid[a] for a in axes]))
-            var = m2 / n
-            if running is not None:
-                running_mean, running_var, momentum = running
-                unbiased = var * (n / (n - 1)) if n > 1 else var
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean.mean(axis=0).reshape(C)
-                running_var *= 1 - momentum
-                running_var += momentum * unbiased.mean(axis=0).reshape(C)
-            ctx.axes, ctx.n = axes, n
-        else:
-            mean = np.asarray(stats[0], np.float64).reshape(1, groups, K)
-            var = np.asarray(stats[1], np.float64).reshape(1, groups, K)
-            ctx.axes = None
-        rstd = 1 / np.sqrt(var + eps)
-        w = 1.0 if weight is None else weight.reshape(1, groups, K)
-        mean_r = _per_row(mean, grid)
-        res = None if residual is None else _as_rows(residual, rows.shape, columns)
-        y = _normalize(rows, mean_r, _per_row(w * rstd, grid),
-                       _per_row(0.0 if bias is None else bias.reshape(1, groups, K), grid), x.dtype, columns,
-                       res, relu)
-        ctx.save_for_backward(rows, mean_r, rstd, weight, y if relu else None)
-        ctx.shape, ctx.grid, ctx.columns = x.shape, grid, columns
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return _from_rows(y, x.shape, columns)
 
     @staticmethod
-    def backward(ctx, g):
-        rows, mean_r, rstd, weight, y = ctx.saved
-        grid, columns = ctx.grid, ctx.columns
-        g_rows = _as_rows(g, rows.shape, columns)
-        if y is not None:                                   # fused ReLU: its gradient first
-            g_rows = relu_grad(g_rows, y)
-        g_res = _from_rows(g_rows, ctx.shape, columns) if ctx.needs_input_grad[3:] == (True,) else None
-        sg, sgx = (a.reshape(grid) for a in _row_sums(g_rows, rows, mean_r, columns))
-        sgxhat = sgx * rstd                                 # Σ g·x̂ per row
-        C = grid[1] * grid[2]
-        gw = gb = gx = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            gw = sgxhat.sum(axis=0).reshape(C).astype(weight.dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            gb = sg.sum(axis=0).reshape(C).astype(ctx.bias_dtype)
-        if ctx.needs_input_grad[0]:
-            w = 1.0 if weight is None else weight.reshape(1, grid[1], grid[2])
-            beta = gamma = 0.0
-            if ctx.axes is not None:
-                mean_gxhat = (w * sg).sum(axis=ctx.axes, keepdims=True) / ctx.n
-                mean_gxhat_xhat = (w * sgxhat).sum(axis=ctx.axes, keepdims=True) / ctx.n
-                beta = -rstd * rstd * mean_gxhat_xhat
-                gamma = -rstd * mean_gxhat
-            gx = _from_rows(_input_grad(g_rows, rows, mean_r, _per_row(w * rstd, grid),
-                                        _per_row(beta, grid), _per_row(gamma, grid), columns), ctx.shape, columns)
-        return gx, gw, gb, g_res
-
-
-class LayerNorm(Function):
-    """Layer norm over the last ``ndim`` axes, with an elementwise affine of those axes' shape.
-
-    x (..., *S) is viewed as rows (R, prod(S)); weight, bias: S or None.
-    """
-    @staticmethod
-    def forward(ctx, x, weight, bias, ndim=1, eps=1e-5):
-        norm_shape = x.shape[x.ndim - ndim:]
-        rows = np.ascontiguousarray(x).reshape(-1, int(np.prod(norm_shape)))
-        mean_r, m2_r = _row_stats(rows)
-        rstd = 1 / np.sqrt(m2_r / rows.shape[1] + eps)
-        y = _normalize(rows, mean_r, rstd, np.zeros_like(rstd), x.dtype)
-        if weight is not None:
-            y *= weight.reshape(-1)
+    def _affine(ctx, x, weight, bias, mean, var, eps, stat_shape, axes, w_shape):
+        xhat, std = normalize(x.reshape(stat_shape), mean, var, eps)
+        xhat = xhat.reshape(x.shape)
+        y = xhat if weight is None else xhat * weight.reshape(w_shape)
         if bias is not None:
-            y += bias.reshape(-1)
-        ctx.save_for_backward(rows, mean_r, rstd, weight)
-        ctx.shape, ctx.norm_shape = x.shape, norm_shape
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return y.reshape(x.shape)
+            y = y + bias.reshape(w_shape)
+        ctx.save_for_backward(xhat, std, weight, bias)
+        ctx.shapes, ctx.axes, ctx.x_dtype = (stat_shape, w_shape), axes, x.dtype
+        return y.astype(x.dtype)
 
     @staticmethod
     def backward(ctx, g):
-        rows, mean_r, rstd, weight = ctx.saved
-        L = rows.shape[1]
-        g_rows = np.ascontiguousarray(g).reshape(rows.shape)
-        gw = gb = gx = None
+        xhat, std, weight, bias = ctx.saved
+        stat_shape, w_shape = ctx.shapes
+        g = g.astype(np.float64)
+        over = tuple(a for a, n in enumerate(w_shape) if n == 1)   # the axes w is broadcast along
+        gx = gw = gb = None
         if weight is not None and ctx.needs_input_grad[1]:
-            xhat = _normalize(rows, mean_r, rstd, np.zeros_like(rstd), g_rows.dtype)  # not kept from forward
-            gw = np.einsum("rl,rl->l", g_rows, xhat).reshape(ctx.norm_shape).astype(weight.dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            gb = g_rows.sum(axis=0).reshape(ctx.norm_shape).astype(ctx.bias_dtype)
+            gw = (g * xhat).sum(axis=over).reshape(weight.shape).astype(weight.dtype)
+        if bias is not None and ctx.needs_input_grad[2]:
+            gb = g.sum(axis=over).reshape(bias.shape).astype(bias.dtype)
         if ctx.needs_input_grad[0]:
-            g_xhat = g_rows if weight is None else g_rows * weight.reshape(-1)
-            sg, sgx = _row_sums(g_xhat, rows, mean_r)
-            beta = -rstd * rstd * (sgx * rstd) / L
-            gx = _input_grad(g_xhat, rows, mean_r, rstd, beta, -rstd * sg / L).reshape(ctx.shape)
+            g_xhat = g if weight is None else g * weight.reshape(w_shape)
+            gx = normalize_backward(g_xhat.reshape(stat_shape), xhat.reshape(stat_shape), std, ctx.axes)
+            gx = gx.reshape(g.shape).astype(ctx.x_dtype)
         return gx, gw, gb
+
+
+def _channel_shape(x):
+    """(1, C, 1, ..., 1): how a per-channel array broadcasts against x (N, C, *)."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+class BatchNorm(_Norm):
+    """Batch norm of x (N, C, *): statistics per channel over N and *, or (training=False)
+    the running ones.  weight, bias: (C,) or None; running_mean, running_var: (C,) or None."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=True,
+                momentum=0.1, eps=1e-5):
+        c_shape = _channel_shape(x)
+        if training:
+            axes = tuple(a for a in range(x.ndim) if a != 1)
+            mean, var = moments(x, axes)
+            if running_mean is not None:
+                n = x.size // x.shape[1]
+                update_running(running_mean, mean, momentum)
+                update_running(running_var, var * n / (n - 1), momentum)
+        else:
+            axes = None
+            mean, var = (np.asarray(r, np.float64).reshape(c_shape) for r in (running_mean, running_var))
+        return _Norm._affine(ctx, x, weight, bias, mean, var, eps, x.shape, axes, c_shape)
+
+
+class InstanceNorm(_Norm):
+    """Instance norm of x (N, C, *): statistics per (sample, channel) over *, or
+    (use_input_stats=False) the running ones.  The running statistics are updated
+    with the per-sample statistics averaged over N, as PyTorch."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean=None, running_var=None, use_input_stats=True,
+                momentum=0.1, eps=1e-5):
+        c_shape = _channel_shape(x)
+        if use_input_stats:
+            axes = tuple(range(2, x.ndim))
+            mean, var = moments(x, axes)                       # (N, C, 1, ...)
+            if running_mean is not None:
+                n = x[0, 0].size
+                update_running(running_mean, mean.mean(axis=0), momentum)
+                update_running(running_var, (var * n / (n - 1)).mean(axis=0), momentum)
+        else:
+            axes = None
+            mean, var = (np.asarray(r, np.float64).reshape(c_shape) for r in (running_mean, running_var))
+        return _Norm._affine(ctx, x, weight, bias, mean, var, eps, x.shape, axes, c_shape)
+
+
+class GroupNorm(_Norm):
+    """Group norm of x (N, C, *): statistics per sample and group of C/num_groups
+    consecutive channels, over those channels and *.  weight, bias: (C,) or None."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps=1e-5):
+        stat_shape = (x.shape[0], num_groups, -1)               # (N, G, C/G · prod(*))
+        mean, var = moments(x.reshape(stat_shape), (2,))
+        return _Norm._affine(ctx, x, weight, bias, mean, var, eps, stat_shape, (2,), _channel_shape(x))
+
+
+class LayerNorm(_Norm):
+    """Layer norm of x over its trailing `ndim` axes; weight, bias: the shape of those
+    axes, or None."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ndim, eps=1e-5):
+        lead = x.ndim - ndim
+        axes = tuple(range(lead, x.ndim))
+        mean, var = moments(x, axes)
+        w_shape = (1,) * lead + x.shape[lead:]
+        return _Norm._affine(ctx, x, weight, bias, mean, var, eps, x.shape, axes, w_shape)
 
 
 def _channels(name, x, min_ndim=2):
@@ -261,38 +192,31 @@ def _check_running(name, running_mean, running_var, C):
     _check_shape(name, "running_var", running_var, (C,))
 
 
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, residual=None, relu=False):
+def check_batch_norm(input, running_mean, running_var, weight, bias, training, name="batch_norm"):
+    """Check batch norm's arguments (clear errors naming ``name``); returns C."""
+    C = _channels(name, input)
+    _check_running(name, running_mean, running_var, C)
+    _check_shape(name, "weight", weight, (C,))
+    _check_shape(name, "bias", bias, (C,))
+    if training and input.size // max(C, 1) <= 1:
+        raise ValueError(f"{name}: expected more than 1 value per channel when training, "
+                         f"got input shape {tuple(input.shape)}")
+    if not training and running_mean is None:
+        raise ValueError(f"{name}: running_mean and running_var are needed when training=False")
+    return C
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Batch norm of ``input`` (N, C, *), as ``torch.nn.functional.batch_norm``.
 
     training=True: normalize with the batch's statistics per channel (biased
     variance) and, if running_mean/running_var (ndarrays (C,)) are given, update
     them in place with ``momentum`` (unbiased variance).  training=False:
     normalize with running_mean/running_var.  weight, bias: (C,) or None.
-
-    A minicnn extension fuses what a ResNet does next: ``residual`` (input's shape
-    and dtype) is added and ``relu=True`` applies ReLU, relu(bn(x) + residual), in
-    the normalizing pass itself.  Same values (rounded once instead of two or three
-    times) and the same gradients as the separate ops, with two to four fewer passes
-    over the activation in the forward pass.
     """
-    C = _channels("batch_norm", input)
-    _check_running("batch_norm", running_mean, running_var, C)
-    _check_shape("batch_norm", "weight", weight, (C,))
-    _check_shape("batch_norm", "bias", bias, (C,))
-    _check_shape("batch_norm", "residual", residual, input.shape)
-    if residual is not None and residual.dtype != input.dtype:
-        raise TypeError(f"batch_norm: residual dtype {residual.dtype} differs from input dtype {input.dtype}")
-    fused = dict(groups=C, over_batch=True, eps=eps, relu=bool(relu))
-    if training:
-        if input.size // max(C, 1) <= 1:
-            raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
-                             f"got input shape {tuple(input.shape)}")
-        running = None if running_mean is None else (raw(running_mean), raw(running_var), momentum)
-        return ChannelNorm.apply(input, weight, bias, residual, running=running, **fused)
-    if running_mean is None:
-        raise ValueError("batch_norm: running_mean and running_var are needed when training=False")
-    return ChannelNorm.apply(input, weight, bias, residual, stats=(raw(running_mean), raw(running_var)), **fused)
+    check_batch_norm(input, running_mean, running_var, weight, bias, training)
+    return _run("batch_norm", BatchNorm, input, weight, bias, running_mean=raw(running_mean),
+                running_var=raw(running_var), training=bool(training), momentum=momentum, eps=eps)
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
@@ -312,12 +236,10 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         if input.size // max(input.shape[0] * C, 1) <= 1:
             raise ValueError(f"instance_norm: expected more than 1 spatial element per channel, "
                              f"got input shape {tuple(input.shape)}")
-        running = None if running_mean is None else (raw(running_mean), raw(running_var), momentum)
-        return ChannelNorm.apply(input, weight, bias, groups=C, over_batch=False, eps=eps, running=running)
-    if running_mean is None:
+    elif running_mean is None:
         raise ValueError("instance_norm: running_mean and running_var are needed when use_input_stats=False")
-    return ChannelNorm.apply(input, weight, bias, groups=C, over_batch=True, eps=eps,
-                             stats=(raw(running_mean), raw(running_var)))
+    return _run("instance_norm", InstanceNorm, input, weight, bias, running_mean=raw(running_mean),
+                running_var=raw(running_var), use_input_stats=bool(use_input_stats), momentum=momentum, eps=eps)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
@@ -329,7 +251,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
                          f"the {C} channels of the input of shape {tuple(input.shape)}")
     _check_shape("group_norm", "weight", weight, (C,))
     _check_shape("group_norm", "bias", bias, (C,))
-    return ChannelNorm.apply(input, weight, bias, groups=int(num_groups), over_batch=False, eps=eps)
+    return _run("group_norm", GroupNorm, input, weight, bias, num_groups=int(num_groups), eps=eps)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -342,4 +264,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
                          f"input, got input shape {tuple(input.shape)}")
     _check_shape("layer_norm", "weight", weight, shape)
     _check_shape("layer_norm", "bias", bias, shape)
-    return LayerNorm.apply(input, weight, bias, ndim=k, eps=eps)
+    return _run("layer_norm", LayerNorm, input, weight, bias, ndim=k, eps=eps)
+
+
+def _run(op, reference, x, weight, bias, **options):
+    return dispatch.implementation(op, reference, None).apply(x, weight, bias, **options)

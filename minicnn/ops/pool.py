@@ -1,134 +1,103 @@
-"""2-D pooling: max (with stored argmax), average and adaptive average.
+"""2-D pooling: max, average and global average, one output pixel at a time: the reference.
 
-x (N, C, H, W) -> y (N, C, Ho, Wo).  Along each axis, with kernel k, stride s
-(default k) and padding p (at most k/2, as PyTorch):
+x (N, C, H, W) -> y (N, C, Ho, Wo).  The caller gives each output row oh its
+input rows [hlo[oh], hhi[oh]) and each output column ow its input columns
+[wlo[ow], whi[ow]), already clipped to the image (padding never wins a max and
+adds only zeros to a sum).  With kernel k, stride s and padding p the window of
+output row oh is [oh·s - p, oh·s - p + k) ∩ [0, H), and likewise for columns.
 
-    Ho = ⌊(H + 2p - k) / s⌋ + 1            (ceil_mode: ⌈·⌉ + 1, dropping a last
-                                            window that would start in the padding)
-    window(oh) = [oh·s - p, oh·s - p + k) ∩ [0, H)
+    max:  y[n, c, oh, ow] = max of x[n, c, window]
+          dL/dx: dL/dy goes to one input per window, its argmax: the first
+          maximum in row-major order (ties: the top-left one wins), as PyTorch.
+          Overlapping windows that share an argmax add their gradients.
+    avg:  y[n, c, oh, ow] = Σ x[n, c, window] / (hdiv[oh]·wdiv[ow])
+          dL/dx[window] += dL/dy[n, c, oh, ow] / (hdiv[oh]·wdiv[ow])
+          (the divisor counts the zero padding or not: the caller decides.)
+    global avg:  y[n, c] = mean of x[n, c] over H·W;  dL/dx = dL/dy / (H·W).
 
-    max:  y = max over the window.  dL/dx goes to one argmax per window, the
-          first maximum in row-major order (ties: the top-left one wins), as PyTorch.
-    avg:  y = Σ window / divisor; divisor = k_h·k_w clipped to the padded input
-          (count_include_pad=True, PyTorch's default) or to the input itself.
-    adaptive avg to (Ho, Wo): window(oh) = [⌊oh·H/Ho⌋, ⌈(oh+1)·H/Ho⌉); the
-          global case (1, 1) is a plain mean over H·W.
-
-The kernels (``minicnn.kernels.pool``) take the windows as bound arrays, so all
-variants share one forward and one backward kernel per reduction.
+Output size along an axis: Ho = ⌊(H + 2p - k) / s⌋ + 1 (ceil_mode: ⌈·⌉ + 1, dropping a
+last window that would start in the padding); adaptive pooling to Ho rows uses the
+windows [⌊oh·H/Ho⌋, ⌈(oh+1)·H/Ho⌉).  ``minicnn.fast.pool`` runs the same Functions
+on Numba kernels.
 """
 import numpy as np
 
-from .._runtime import parallel_slices
-from ..kernels import pool as K
-from ..kernels.reduce import column_sums
 from ..tensor import Function
-from ._util import channels_last, nhwc
+from . import dispatch
 from .conv import as_pair, check_float_input
-
-# Elements per worker task at least, for the global pool's light passes: one pass over
-# 2^19 float32 takes ~50 µs, about what handing tasks to the worker threads costs.
-_MIN_POOL_ELEMENTS = 1 << 19
-
-
-def _halving(lo, hi):
-    """True if the windows along an axis are [2·o, 2·o + 2): 2x2 stride-2 pooling's."""
-    return bool(np.all(hi - lo == 2) and np.array_equal(lo, 2 * np.arange(len(lo))))
 
 
 class MaxPool2d(Function):
-    """y = max over each window; the argmax of each window is saved for backward.  2x2
-    stride-2 pooling of a channels-last x (``minicnn.ops._util.nhwc``) runs in that layout,
-    and y and dx keep it."""
+    """y = max over each window; the flat index (h·W + w) of each window's argmax is
+    kept for backward.  windows = (hlo, hhi, wlo, whi, hdiv, wdiv) (hdiv, wdiv unused)."""
 
     @staticmethod
     def forward(ctx, x, windows, out_hw):
+        hlo, hhi, wlo, whi = windows[:4]
         N, C, H, W = x.shape
-        halving = _halving(*windows[:2]) and _halving(*windows[2:4])
-        xh = nhwc(x) if halving and channels_last(x) else None
-        ctx.x_shape, ctx.channels_last = x.shape, xh is not None
-        if xh is not None:
-            y = np.empty((N,) + out_hw + (C,), x.dtype)
-            argmax = np.empty(y.shape, np.int32)
-            parallel_slices(N, lambda s: K.max_pool_2x2_nhwc(xh[s], y[s], argmax[s]))
-            ctx.save_for_backward(argmax)
-            return y.transpose(0, 3, 1, 2)
-        y = np.empty((N * C,) + out_hw, x.dtype)
-        argmax = np.empty(y.shape, np.int32)
-        planes = np.ascontiguousarray(x).reshape(N * C, H, W)
-        if halving:
-            parallel_slices(N * C, lambda s: K.max_pool_2x2(planes[s], y[s], argmax[s]))
-        else:
-            parallel_slices(N * C, lambda s: K.max_pool(planes[s], *windows[:4], y[s], argmax[s]))
+        y = np.empty((N, C) + tuple(out_hw), x.dtype)
+        argmax = np.empty((N, C) + tuple(out_hw), np.int64)   # flat index into the H·W plane
+        for oh in range(out_hw[0]):
+            for ow in range(out_hw[1]):
+                window = x[:, :, hlo[oh]:hhi[oh], wlo[ow]:whi[ow]]
+                width = window.shape[3]
+                flat = window.reshape(N, C, -1)                # row-major order within the window
+                k = flat.argmax(axis=2)                        # the first maximum
+                y[:, :, oh, ow] = np.take_along_axis(flat, k[:, :, None], axis=2)[:, :, 0]
+                argmax[:, :, oh, ow] = (hlo[oh] + k // width) * W + wlo[ow] + k % width
         ctx.save_for_backward(argmax)
-        return y.reshape(N, C, *out_hw)
+        ctx.x_shape = x.shape
+        return y
 
     @staticmethod
     def backward(ctx, gy):
         (argmax,) = ctx.saved
         N, C, H, W = ctx.x_shape
-        if ctx.channels_last:
-            gx = np.empty((N, H, W, C), gy.dtype)
-            gh = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
-            parallel_slices(N, lambda s: K.max_pool_2x2_nhwc_backward(gh[s], argmax[s], gx[s]))
-            return gx.transpose(0, 3, 1, 2)
-        gx = np.empty((N * C, H * W), gy.dtype)
-        gy, argmax = np.ascontiguousarray(gy).reshape(N * C, -1), argmax.reshape(N * C, -1)
-        parallel_slices(N * C, lambda s: K.max_pool_backward(gy[s], argmax[s], gx[s]))
-        return gx.reshape(ctx.x_shape)
+        gx = np.zeros((N * C, H * W), gy.dtype)
+        planes = np.arange(N * C)[:, None]                     # (N·C, 1) row of each plane
+        # add.at, not gx[...] += ...: overlapping windows may share an argmax and must add up.
+        np.add.at(gx, (planes, argmax.reshape(N * C, -1)), gy.reshape(N * C, -1))
+        return gx.reshape(N, C, H, W)
 
 
 class AvgPool2d(Function):
-    """y = Σ window / divisor, windows and divisors given as bound arrays."""
+    """y = Σ window / (hdiv[oh]·wdiv[ow]); windows = (hlo, hhi, wlo, whi, hdiv, wdiv)."""
 
     @staticmethod
     def forward(ctx, x, windows, out_hw):
-        N, C, H, W = x.shape
-        y = np.empty((N * C,) + out_hw, x.dtype)
-        planes = np.ascontiguousarray(x).reshape(N * C, H, W)
-        parallel_slices(N * C, lambda s: K.avg_pool(planes[s], *windows, y[s]))
+        hlo, hhi, wlo, whi, hdiv, wdiv = windows
+        N, C = x.shape[:2]
+        y = np.empty((N, C) + tuple(out_hw), x.dtype)
+        for oh in range(out_hw[0]):
+            for ow in range(out_hw[1]):
+                window = x[:, :, hlo[oh]:hhi[oh], wlo[ow]:whi[ow]]
+                y[:, :, oh, ow] = window.sum(axis=(2, 3)) / (hdiv[oh] * wdiv[ow])
         ctx.windows, ctx.x_shape = windows, x.shape
-        return y.reshape(N, C, *out_hw)
+        return y
 
     @staticmethod
     def backward(ctx, gy):
-        N, C, H, W = ctx.x_shape
-        gx = np.empty((N * C, H, W), gy.dtype)
-        gy = np.ascontiguousarray(gy).reshape(N * C, *gy.shape[2:])
-        parallel_slices(N * C, lambda s: K.avg_pool_backward(gy[s], *ctx.windows, gx[s]))
-        return gx.reshape(ctx.x_shape)
+        hlo, hhi, wlo, whi, hdiv, wdiv = ctx.windows
+        gx = np.zeros(ctx.x_shape, gy.dtype)
+        for oh in range(gy.shape[2]):
+            for ow in range(gy.shape[3]):
+                share = gy[:, :, oh, ow] / (hdiv[oh] * wdiv[ow])   # (N, C): each input's part
+                gx[:, :, hlo[oh]:hhi[oh], wlo[ow]:whi[ow]] += share[:, :, None, None]
+        return gx
 
 
 class GlobalAvgPool2d(Function):
-    """y[n, c] = mean of x[n, c] over H·W (summed in float64), kept as (N, C, 1, 1);
-    dx = dy / (H·W) everywhere.  Numba passes over slices of planes on the worker threads;
-    a channels-last x (``minicnn.ops._util.nhwc``) is reduced in its own layout, and dx keeps it."""
+    """y[n, c] = mean of x[n, c] over H·W, kept as (N, C, 1, 1); dL/dx = dL/dy / (H·W)."""
 
     @staticmethod
     def forward(ctx, x):
-        ctx.x_shape = N, C, H, W = x.shape
-        xh = nhwc(x) if channels_last(x) else None
-        ctx.channels_last = xh is not None
-        if xh is not None:
-            images, sums = xh.reshape(N, H * W, C), np.empty((N, C))
-            parallel_slices(N, lambda s: column_sums(images[s], sums[s]), max(1, _MIN_POOL_ELEMENTS // x[0].size))
-            return (sums / (H * W)).astype(x.dtype).reshape(N, C, 1, 1)
-        planes = np.ascontiguousarray(x).reshape(N * C, H * W)
-        y = np.empty(N * C, x.dtype)
-        parallel_slices(N * C, lambda s: K.plane_means(planes[s], y[s]), max(1, _MIN_POOL_ELEMENTS // (H * W)))
-        return y.reshape(N, C, 1, 1)
+        ctx.x_shape = x.shape
+        return x.mean(axis=(2, 3), keepdims=True, dtype=np.float64).astype(x.dtype)
 
     @staticmethod
     def backward(ctx, gy):
-        N, C, H, W = ctx.x_shape
-        if ctx.channels_last:
-            gx = np.empty((N, H * W, C), gy.dtype)
-            gx[...] = gy.reshape(N, 1, C) / (H * W)
-            return gx.reshape(N, H, W, C).transpose(0, 3, 1, 2)
-        gx = np.empty((N * C, H * W), gy.dtype)
-        g = np.ascontiguousarray(gy).reshape(N * C)
-        parallel_slices(N * C, lambda s: K.fill_planes(g[s], gx[s]), max(1, _MIN_POOL_ELEMENTS // (H * W)))
-        return gx.reshape(ctx.x_shape)
+        H, W = ctx.x_shape[2:]
+        return np.broadcast_to(gy / (H * W), ctx.x_shape).copy()
 
 
 def _axis_windows(size, k, s, p, ceil_mode):
@@ -169,7 +138,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     x (N, C, H, W) -> (N, C, Ho, Wo); ``stride`` defaults to ``kernel_size``; the
     gradient goes to the first maximum of each window in row-major order."""
     windows, out_hw = _pool_windows(x, kernel_size, stride, padding, ceil_mode, True, "max_pool2d")
-    return MaxPool2d.apply(x, windows=windows, out_hw=out_hw)
+    return _run("max_pool2d", MaxPool2d, x, windows=windows, out_hw=out_hw)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
@@ -178,7 +147,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     x (N, C, H, W) -> (N, C, Ho, Wo); ``stride`` defaults to ``kernel_size``;
     ``count_include_pad`` divides by the window size including the zero padding."""
     windows, out_hw = _pool_windows(x, kernel_size, stride, padding, ceil_mode, count_include_pad, "avg_pool2d")
-    return AvgPool2d.apply(x, windows=windows, out_hw=out_hw)
+    return _run("avg_pool2d", AvgPool2d, x, windows=windows, out_hw=out_hw)
 
 
 def adaptive_avg_pool2d(x, output_size):
@@ -194,11 +163,15 @@ def adaptive_avg_pool2d(x, output_size):
         raise TypeError(f"{layer}: output_size must be an int or a pair, got {output_size!r}")
     Ho, Wo = as_pair(tuple(n if s is None else s for s, n in zip(size, (H, W))), "output_size", layer, 1)
     if (Ho, Wo) == (1, 1):
-        return GlobalAvgPool2d.apply(x)
+        return _run("global_avg_pool2d", GlobalAvgPool2d, x)
     windows = []
     for n_in, n_out in ((H, Ho), (W, Wo)):
         o = np.arange(n_out)
         lo, hi = (o * n_in) // n_out, -((-(o + 1) * n_in) // n_out)
         windows.append((lo, hi, (hi - lo).astype(x.dtype)))
     (hlo, hhi, hdiv), (wlo, whi, wdiv) = windows
-    return AvgPool2d.apply(x, windows=(hlo, hhi, wlo, whi, hdiv, wdiv), out_hw=(Ho, Wo))
+    return _run("avg_pool2d", AvgPool2d, x, windows=(hlo, hhi, wlo, whi, hdiv, wdiv), out_hw=(Ho, Wo))
+
+
+def _run(op, reference, x, **options):
+    return dispatch.implementation(op, reference, None).apply(x, **options)

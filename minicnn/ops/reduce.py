@@ -6,7 +6,7 @@ reduced axes (:func:`expand_reduced`).
 import numpy as np
 
 from ..tensor import Function
-from ._util import expand_reduced, normalize_axes
+from .util import expand_reduced, normalize_axes
 
 
 class Sum(Function):

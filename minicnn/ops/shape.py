@@ -4,7 +4,7 @@ backward just moves the gradient back to where the values came from."""
 import numpy as np
 
 from ..tensor import Function, Tensor
-from ._util import channels_last, empty_in_layout, normalize_axes
+from .util import empty_in_order, memory_order, normalize_axes
 
 
 class Reshape(Function):
@@ -41,12 +41,12 @@ class GetItem(Function):
     @staticmethod
     def forward(ctx, x, index=None):
         ctx.shape, ctx.dtype, ctx.index = x.shape, x.dtype, index
-        ctx.channels_last = channels_last(x)      # the gradient keeps x's layout
+        ctx.order = memory_order(x)              # the gradient keeps x's layout
         return np.asarray(x[index])
 
     @staticmethod
     def backward(ctx, g):
-        gx = empty_in_layout(ctx.shape, ctx.dtype, ctx.channels_last)
+        gx = empty_in_order(ctx.shape, ctx.dtype, ctx.order)
         gx[...] = 0
         parts = ctx.index if isinstance(ctx.index, tuple) else (ctx.index,)
         if any(isinstance(p, (np.ndarray, list)) for p in parts):
@@ -87,9 +87,9 @@ class Pad(Function):
     def forward(ctx, x, pad_width=None, value=0.0):
         pad_width = np.broadcast_to(np.asarray(pad_width, dtype=int), (x.ndim, 2))
         ctx.interior = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad_width, x.shape))
-        if not channels_last(x):
+        if x.flags.c_contiguous:
             return np.pad(x, pad_width, constant_values=value)
-        y = empty_in_layout(tuple(n + lo + hi for n, (lo, hi) in zip(x.shape, pad_width)), x.dtype, True)
+        y = empty_in_order(tuple(n + lo + hi for n, (lo, hi) in zip(x.shape, pad_width)), x.dtype, memory_order(x))
         y[...] = value
         y[ctx.interior] = x
         return y

@@ -3,8 +3,8 @@ import math
 
 import numpy as np
 
-from .._runtime import parallel_slices
-from ..kernels import optim as K
+from ..fast.runtime import parallel_slices
+from ..fast.kernels import optim as K
 from .optimizer import Optimizer
 
 _NONE = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}   # no max_exp_avg_sq

@@ -4,7 +4,7 @@ Every normalization in minicnn views its input as rows: BatchNorm, InstanceNorm
 and GroupNorm use one row per (sample, channel) (``R = N*C``, ``L = H*W``),
 LayerNorm one row per sample.  The kernels work per row, in parallel over rows,
 with float64 accumulators whatever the input dtype; the per-row results are
-small arrays that ``minicnn.ops.norm`` combines into per-group statistics.
+small arrays that ``minicnn.fast.norm`` combines into per-group statistics.
 
     row_moments:    mean_r = Σ x / L,  m2_r = Σ (x - mean_r)²           (one pass)
     normalize_rows: out = (x - mean_r)·scale_r + shift_r  [+ res]  [clamped: ReLU, ReLU6]
@@ -15,7 +15,7 @@ small arrays that ``minicnn.ops.norm`` combines into per-group statistics.
 algorithm): one read of the row, and no catastrophic cancellation when the mean
 is large against the spread, because the shift lies within the data.
 
-Batch norm of a channels-last input (``minicnn.ops._util.nhwc``) has its channels
+Batch norm of a channels-last input (``minicnn.fast.layout.nhwc``) has its channels
 as the columns of a (P, C) matrix, P = N·H·W, instead:
 
     col_sums:       s1_c = Σ (u - k_c),  s2_c = Σ (u - k_c)·(x - m_c)   (the moments, or Σg and Σg·(x - mean))
@@ -25,12 +25,18 @@ All kernels are plain Python functions compiled with ``njit`` below, so
 ``NUMBA_DISABLE_JIT=1`` runs them as Python.  ``reassoc`` lets LLVM vectorize the
 float64 reductions; results differ from a sequential sum only in rounding.
 """
+import math
 import types
 
 import numpy as np
 from numba import njit, prange
 
 _FLAGS = dict(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
+
+
+# The activations that fused epilogues apply (batch norm's, the convolution's), as
+# clamping bounds [lo, hi] of :func:`epilogue`.
+CLAMPS = {None: (-math.inf, math.inf), "relu": (0.0, math.inf), "relu6": (0.0, 6.0)}
 
 
 def _row_moments(x, mean, m2):

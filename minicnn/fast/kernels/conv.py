@@ -25,7 +25,7 @@ depthwise convolutions and Winograd have their own sections below.
 The kernels are plain Python functions compiled with ``njit`` below, so
 ``NUMBA_DISABLE_JIT=1`` runs them as Python.  They are serial and release the GIL:
 the parallelism is over chunks of images, one chunk per worker thread at a time
-(see ``minicnn._runtime``).  They index the arrays with indices cast to unsigned
+(see ``minicnn.fast.runtime``).  They index the arrays with indices cast to unsigned
 (they are never negative): with signed ones Numba checks every access for
 negative wraparound, which can stop LLVM from vectorizing (up to ~4x slower here).
 """

@@ -9,7 +9,7 @@ or add to a sum).  Plain, strided, padded, ceil-mode and adaptive pooling differ
 only in those bounds, which ``minicnn.ops.pool`` computes, so one kernel serves
 each reduction.  Inputs are stacks of planes ``(P, H, W)``, P = N*C.  The kernels
 are serial and release the GIL; ``minicnn.ops.pool`` runs slices of planes on the
-worker threads (see ``minicnn._runtime``), and since planes are independent the
+worker threads (see ``minicnn.fast.runtime``), and since planes are independent the
 backward passes never race.
 """
 import numpy as np

@@ -13,17 +13,19 @@ sum, an extra pass over the output.  Numba calls ctypes functions in nopython
 mode; kernels take the function as an *argument* (not a global), so the address
 is not compiled into Numba's on-disk cache.
 
-``GEMM[dtype]`` is the function for float32 (sgemm) and float64 (dgemm), or None
+``gemm(dtype)`` is the function for float32 (sgemm) and float64 (dgemm), or None
 where the BLAS cannot be found (not Linux, or no CBLAS symbols): the convolutions
 then keep to their ``np.matmul`` routes.  Integer arguments are 64-bit for an ILP64
 build (NumPy's wheels: symbols ending in ``64_``), else C ints; a function is only
-taken after it computed a small product right.
+taken after it computed a small product right.  The loaded libraries are searched on
+the first call only (when a row-tap convolution first runs), not at import.
 """
 import ctypes
+import functools
 
 import numpy as np
 
-from .._runtime import loaded_libraries
+from ..runtime import loaded_libraries
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -64,4 +66,10 @@ def _works(gemm, dtype):
     return bool(np.array_equal(c, a @ b + 1))
 
 
-GEMM = {np.dtype(np.float32): _find("s", ctypes.c_float), np.dtype(np.float64): _find("d", ctypes.c_double)}
+@functools.lru_cache(maxsize=None)
+def gemm(dtype):
+    """The CBLAS gemm for ``dtype`` (float32: sgemm, float64: dgemm), or None if there is none."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return _find("s", ctypes.c_float)
+    return _find("d", ctypes.c_double) if dtype == np.float64 else None

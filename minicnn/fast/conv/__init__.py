@@ -1,0 +1,82 @@
+"""Fast convolution routes, one per file, each tested equal to ``minicnn.ops.conv.Conv2d``.
+
+    im2row      the general route: windows unrolled pixel-major, one GEMM per group
+    pointwise   1x1 stride-1 convolutions: a GEMM on the NHWC image itself
+    im2col      thin layers (few taps per window): channel-major columns, NCHW in place
+    rowtaps     ungrouped: windows unrolled along the width only, BLAS gemm per kernel row
+    winograd    3x3 stride 1: Winograd F(2x2, 3x3), 2.25x fewer multiplications
+    depthwise   one input channel per group: direct loops over the taps
+
+:data:`ROUTES` is the one table of them.  ``minicnn.ops.conv2d`` asks :func:`choose`
+(registered with ``minicnn.ops.dispatch``) which route runs a geometry: the one forced
+with ``route=NAME``, else :func:`select.choice` among those that apply.
+"""
+import numpy as np
+
+from ...ops import dispatch
+from ...ops.conv import Conv2d, conv_geometry
+from ...ops.util import raw
+from ...tensor import Tensor, is_grad_enabled
+from .depthwise import Depthwise
+from .im2col import Im2col
+from .im2row import Im2row
+from .pointwise import Pointwise
+from .rowtaps import RowTaps
+from .select import choice
+from .winograd import Winograd
+
+ROUTES = {r.name: r for r in (Depthwise, Pointwise, Winograd, Im2col, RowTaps, Im2row)}
+
+__all__ = ["ROUTES", "choose", "conv2d_fused"]
+
+
+def choose(g, route=None):
+    """The route class for geometry ``g``: ``route`` if given (it must apply), else the choice."""
+    if route is None:
+        return choice(g, [r for r in ROUTES.values() if r.applies(g)])
+    if not ROUTES[route].applies(g):
+        raise ValueError(f"conv2d: route {route!r} cannot run this convolution ({g.describe()}); "
+                         f"routes that can: {', '.join(n for n, r in ROUTES.items() if r.applies(g))}")
+    return ROUTES[route]
+
+
+dispatch.register("conv2d", choose, ROUTES)
+
+
+def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, scale=None,
+                 residual=None, activation=None, route=None):
+    """act(conv2d(x, weight)·scale + bias + residual), each part optional, for inference.
+
+    The epilogue runs on each chunk of the output while it is in cache (as oneDNN's
+    post-ops): an eval-mode batch norm folded into the convolution is such a ``scale``
+    (O,) and ``bias`` (O,); ``residual`` has the output's shape; ``activation`` is None,
+    'relu' or 'relu6'.  No gradient flows through it: it raises if one is wanted.
+    Used by ``minicnn.nn.fuse``."""
+    layer = "conv2d_fused"
+    if activation not in (None, "relu", "relu6"):
+        raise ValueError(f"{layer}: activation must be None, 'relu' or 'relu6', got {activation!r}")
+    if is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (x, weight, bias, scale, residual)):
+        raise RuntimeError(f"{layer}: the scale/residual/activation epilogue is for inference and passes no "
+                           "gradient; run it inside minicnn.no_grad() or on tensors that need none")
+    g = conv_geometry(raw(x), raw(weight), raw(bias), stride, padding, dilation, groups, layer)
+    O = g.w_shape[0]
+    if scale is not None and tuple(scale.shape) != (O,):
+        raise ValueError(f"{layer}: scale must have shape ({O},), got {tuple(scale.shape)}")
+    if residual is not None and tuple(residual.shape) != g.out_shape:
+        raise ValueError(f"{layer}: residual must have the output's shape {g.out_shape}, "
+                         f"got {tuple(residual.shape)}")
+    if residual is not None and residual.dtype != g.dtype:
+        raise TypeError(f"{layer}: residual dtype {residual.dtype} differs from input dtype {g.dtype}")
+    impl = dispatch.implementation("conv2d", Conv2d, g, route)
+    if impl is Conv2d:      # the reference: the epilogue as separate NumPy steps
+        y = Conv2d.apply(x, weight, None, **g.options).data
+        for term in (scale, bias, residual):
+            if term is not None:
+                t = raw(term) if term is residual else raw(term).reshape(-1, 1, 1)
+                y = y * t if term is scale else y + t
+        lo, hi = {None: (None, None), "relu": (0, None), "relu6": (0, 6)}[activation]
+        return Tensor(y if activation is None else np.clip(y, lo, hi).astype(y.dtype))
+    s = np.ones(O) if scale is None else np.asarray(raw(scale), np.float64)
+    shift = np.zeros(O) if bias is None else np.asarray(raw(bias), np.float64)
+    return impl.apply(x, weight, None, post=(s, shift, None if residual is None else raw(residual), activation),
+                      **g.options)
