@@ -220,3 +220,34 @@ def test_resume_needs_the_same_callbacks(tmp_path):
     opt = Adam(net.parameters())
     with pytest.raises(CheckpointError, match=r"saved with callbacks \['ReduceLROnPlateau', 'EarlyStopping'\]"):
         Trainer(net, _data(), opt, scheduler=StepLR(opt, 2), verbose=0, resume_from=tmp_path / "state.npz")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (None, r"saved with callbacks \['ReduceLROnPlateau', 'EarlyStopping'\]"),
+    (lambda e: e.__setitem__("train_loader", {"seed": "x", "epoch": 1}), r"'train_loader'"),
+    (lambda e: e.__setitem__("seed", -3), r"'seed'"),
+    (lambda e: e.__setitem__("history", [1]), r"'history'"),
+    (lambda e: e["history"]["history"].__setitem__("loss", ["x"]), r"'history'"),
+    (lambda e: e.__setitem__("callbacks", [["EarlyStopping"]]), r"'callbacks'"),
+])
+def test_a_resume_that_does_not_fit_changes_nothing(tmp_path, edit, match):
+    """The trainer's own trees (seed, loader, history, callbacks) are checked with the rest,
+    before load_training_state changes the model or the optimizer."""
+    import json
+    _run(1, checkpoint_path=tmp_path / "state.npz")
+    if edit is not None:
+        with np.load(tmp_path / "state.npz", allow_pickle=False) as z:
+            members = {k: z[k] for k in z.files}
+        meta = json.loads(str(members["__meta__"]))
+        edit(meta["tree"]["extra"])
+        members["__meta__"] = np.array(json.dumps(meta))
+        np.savez(tmp_path / "state.npz", **members)
+    net = small_net()
+    opt = Adam(net.parameters(), lr=0.5)
+    before = net.state_dict()
+    callbacks = [] if edit is None else [ReduceLROnPlateau(monitor="val_accuracy"), EarlyStopping()]
+    with pytest.raises(CheckpointError, match=match):
+        Trainer(net, _data(), opt, scheduler=StepLR(opt, 2), callbacks=callbacks, verbose=0,
+                resume_from=tmp_path / "state.npz")
+    assert all(np.array_equal(a, b) for a, b in zip(net.state_dict().values(), before.values()))
+    assert opt.param_groups[0]["lr"] == 0.5 and opt.state == {}

@@ -54,7 +54,7 @@ import numpy as np
 
 from ..data import DataLoader, train_val_split
 from ..data.transforms import augmentations, without_augmentation
-from ..io.checkpoint import CheckpointError, load_training_state, save_training_state
+from ..io.checkpoint import load_training_state, save_training_state
 from ..ops import cross_entropy
 from ..random import default_rng
 from ..tensor import Tensor, no_grad
@@ -231,7 +231,8 @@ class Trainer:
         if interval not in (None, "epoch", "batch"):
             raise ValueError(f"scheduler.interval must be 'epoch' or 'batch', got {interval!r}")
         self._batch_scheduler = interval == "batch"
-        resumed = load_training_state(resume_from, model, optimizer, scheduler) if resume_from else None
+        resumed = load_training_state(resume_from, model, optimizer, scheduler,
+                                      check_extra=self._check_resume) if resume_from else None
         self.seed = int(resumed["seed"]) if resumed else self.strategy.broadcast(_seed(seed))
         self.optimizer = self.strategy.prepare(model, optimizer)
         split_seed, loader_seed = (int(s) for s in np.random.SeedSequence(self.seed).generate_state(2))
@@ -261,15 +262,38 @@ class Trainer:
             train_loader=self.train_loader.state_dict(), history=self.history.state_dict(),
             callbacks=[[type(cb).__name__, cb.state_dict()] for cb in self.callbacks])
 
+    def _check_resume(self, state):
+        """Refuse (ValueError) a saved state this trainer cannot restore; load_training_state
+        calls it before changing the model or the optimizer."""
+        def fields(tree, where, **types):
+            if not isinstance(tree, dict) or any(not isinstance(tree.get(k), t) or isinstance(tree.get(k), bool)
+                                                 for k, t in types.items()):
+                raise ValueError(f"field {where!r} must be a dict with {sorted(types)} of types "
+                                 f"{[t.__name__ for t in types.values()]}, got {tree!r:.80}")
+        fields(state, "extra", seed=int, train_loader=dict, history=dict, callbacks=list)
+        fields(state["train_loader"], "train_loader", seed=int, epoch=int)
+        fields(state["history"], "history", epoch=list, history=dict)
+        history = state["history"]
+        if not all(isinstance(e, int) for e in history["epoch"]) or not all(
+                isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in history["history"].values()):
+            raise ValueError(f"field 'history' must hold int epochs and lists of numbers, got {history!r:.80}")
+        loader = state["train_loader"]
+        if min(state["seed"], loader["seed"], loader["epoch"]) < 0:
+            raise ValueError(f"field 'seed' and the 'train_loader' seed and epoch must be >= 0, got "
+                             f"{state['seed']}, {loader['seed']}, {loader['epoch']}")
+        if not all(isinstance(c, list) and len(c) == 2 and isinstance(c[0], str) and isinstance(c[1], dict)
+                   for c in state["callbacks"]):
+            raise ValueError(f"field 'callbacks' must list [name, state dict] pairs, got {state['callbacks']!r:.80}")
+        saved = [name for name, _ in state["callbacks"]]
+        have = [type(cb).__name__ for cb in self.callbacks]
+        if saved != have:
+            raise ValueError(f"saved with callbacks {saved}; this run has {have}: pass the same "
+                             "callbacks to resume exactly")
+
     def _restore(self, path, state):
         self.epoch = state["epoch"]
         self.train_loader.load_state_dict(state["train_loader"])
         self.history.load_state_dict(state["history"])
-        saved = [name for name, _ in state["callbacks"]]
-        have = [type(cb).__name__ for cb in self.callbacks]
-        if saved != have:
-            raise CheckpointError(f"checkpoint {path} was saved with callbacks {saved}; this run has "
-                                  f"{have}: pass the same callbacks to resume exactly")
         self._callback_states = [s for _, s in state["callbacks"]]
 
     def _active_callbacks(self):
