@@ -6,11 +6,12 @@ statistics) that is saved in ``state_dict`` but not returned by
 ``parameters()``.  Names are dotted paths (``features.0.weight``), exactly as
 PyTorch names them, so PyTorch state dicts load with renames only.
 """
+import functools
 from collections import OrderedDict
 
 import numpy as np
 
-from ..tensor import Tensor
+from ..tensor import Function, Tensor, is_grad_enabled
 from .parameter import Parameter
 
 
@@ -22,6 +23,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_forward_hooks", OrderedDict())
+        object.__setattr__(self, "_backward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
     # ---------------------------------------------------------- registration
@@ -145,6 +147,8 @@ class Module:
     def __call__(self, *args, **kwargs):
         """``forward``, then the forward hooks.  An exception from either keeps its type and
         traceback, and its message names the failing layer (see :func:`annotate_error`)."""
+        if self._backward_hooks and is_grad_enabled():
+            args = _BackwardHooks(self).inputs(args)
         try:
             out = self.forward(*args, **kwargs)
         except Exception as exc:
@@ -158,6 +162,8 @@ class Module:
                 raise
             if result is not None:
                 out = result
+        if isinstance(args, _HookedArgs):
+            args.hooks.output(out)
         return out
 
     def register_forward_hook(self, hook):
@@ -166,6 +172,16 @@ class Module:
         key = object()
         self._forward_hooks[key] = hook
         return _HookHandle(self._forward_hooks, key)
+
+    def register_full_backward_hook(self, hook):
+        """Call ``hook(module, grad_input, grad_output)`` when backward has computed the
+        gradients of this layer's inputs: tuples of dL/d(input) per positional input (None
+        for an input that wants none) and of dL/d(output), as ndarrays.  For reading
+        (e.g. activation gradients layer by layer); the return value is ignored.  Returns a
+        handle with ``remove()``."""
+        key = object()
+        self._backward_hooks[key] = hook
+        return _HookHandle(self._backward_hooks, key)
 
     # ----------------------------------------------------------- state dicts
     def state_dict(self):
@@ -252,10 +268,63 @@ class Module:
 
     def __repr__(self):
         lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self.named_children()]
-        head = f"{type(self).__name__}({self.extra_repr()}"
+        fused = "[fused] " if "forward" in self.__dict__ else ""     # nn.fuse switched it to fused_forward
+        head = f"{type(self).__name__}({fused}{self.extra_repr()}"
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+class _Identity(Function):
+    """y = x: a node of its own, so that a layer's input gradient is its own contribution."""
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _HookedArgs(tuple):
+    """A layer's positional arguments, the tensors among them behind an _Identity each."""
+
+
+class _BackwardHooks:
+    """One call's backward hooks: dL/d(output) is kept when it arrives, and the hooks run
+    when the last input that wants a gradient has received its own (or at once, if none does)."""
+
+    def __init__(self, module):
+        self.module, self.grad_output = module, None
+
+    def inputs(self, args):
+        wrapped = [_Identity.apply(a) if isinstance(a, Tensor) and a.requires_grad else a for a in args]
+        self.grad_input = [None] * len(args)
+        self.waiting = {i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad}
+        for i in self.waiting:
+            wrapped[i].register_hook(functools.partial(self._input_grad, i))
+        hooked = _HookedArgs(wrapped)
+        hooked.hooks = self
+        return hooked
+
+    def output(self, out):
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(self._output_grad)
+
+    def _output_grad(self, g):
+        self.grad_output = (g,)
+        if not self.waiting:
+            self._fire()
+
+    def _input_grad(self, i, g):
+        self.grad_input[i] = g
+        self.waiting.discard(i)
+        if not self.waiting:
+            self._fire()
+
+    def _fire(self):
+        for hook in list(self.module._backward_hooks.values()):
+            hook(self.module, tuple(self.grad_input), self.grad_output)
 
 
 class _HookHandle:
