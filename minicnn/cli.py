@@ -7,7 +7,6 @@ arguments to an argparse sub-parser and a function that runs it with the parsed
 arguments and returns the exit status.  A new command adds one entry.
 """
 import argparse
-import pickle
 import sys
 from pathlib import Path
 
@@ -16,6 +15,12 @@ __all__ = ["COMMANDS", "CONVERT_ARCHITECTURES", "build_parser", "main"]
 
 class CommandError(Exception):
     """A command failed for a reason the user can fix; printed without a traceback."""
+
+
+# What a command's bad input raises: minicnn.errors' FileFormatError family (ValueErrors:
+# malformed, unsafe or over-budget files), other ValueErrors and TypeErrors (mismatched
+# weights), OSError (the file system).  main() prints each as one line.
+_USER_ERRORS = (CommandError, ValueError, TypeError, OSError)
 
 
 # ------------------------------------------------------------------- convert
@@ -46,7 +51,7 @@ def _run_convert(args):
         raise CommandError(f"DST must end in .npz, got {args.dst}")
     try:
         model = _load_for_conversion(args.arch, args.src)
-    except (OSError, ValueError, TypeError, pickle.UnpicklingError) as e:  # unreadable, unsafe, mismatched
+    except _USER_ERRORS as e:  # unreadable, unsafe, over budget, mismatched
         raise CommandError(f"cannot convert {args.src} as {args.arch}: {e}") from None
     src = args.src if args.src.is_file() else None
     save_model(args.dst, model, metadata={"arch": args.arch, "source": str(args.src.resolve()),
@@ -77,10 +82,18 @@ def build_parser():
 
 def main(argv=None):
     """Run the command named in ``argv`` (default ``sys.argv[1:]``); returns the exit status:
-    0 success, 1 a failure explained on stderr, 2 bad usage (argparse)."""
+    0 success, 1 a failure explained on stderr in one line (never a traceback), 2 bad usage
+    (argparse)."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except CommandError as e:
-        print(f"minicnn {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except _USER_ERRORS as e:
+        _one_line(f"minicnn {args.command}: error: {e}")
+    except Exception as e:  # a bug, but a hostile file must not be able to print pages of traceback
+        _one_line(f"minicnn {args.command}: internal error: {type(e).__name__}: {e} "
+                  "(a bug in minicnn, please report it)")
+    return 1
+
+
+def _one_line(message):
+    print(" ".join(message.split()), file=sys.stderr)

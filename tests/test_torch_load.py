@@ -1,10 +1,11 @@
 """load_torch: both checkpoint formats, the restricted unpickler, corrupt input.
 
-Checkpoints are crafted here without torch (a pickler that writes any global
-by name), and, where torch is installed, written by torch.save and compared
-with torch.load.
+Checkpoints are crafted here without torch (tests/torch_files.py: a pickler that
+writes any global by name, raw opcodes), and, where torch is installed, written
+by torch.save and compared with torch.load.  The attacks of issue 17 each have a
+test below; those that can crash or exhaust memory run in a subprocess with its
+address space capped.
 """
-import io
 import os
 import pickle
 import subprocess
@@ -16,95 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minicnn.errors import FileFormatError, LimitExceededError, UnsafeFileError
 from minicnn.io import UnsafePickleError, check_hash_prefix, load_torch, sha256sum
 from minicnn.io.torch_load import LEGACY_MAGIC, LEGACY_PROTOCOL
+from torch_files import (
+    BUILD, D, FALSE, GET, I, L, PID, PROTO, PUT, STOP, TENSOR, WRITERS, Call, Ref, S, Storage,
+    deflate_zeros, raw_zip, tensor, write_legacy, write_zip)
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "cifar10-resnet"
 RESNETS = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th",
            44: "resnet44-014dd654.th", 56: "resnet56-4bfd9763.th"}
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_dir(), reason="shared weights not present")
-
-
-# ---------------------------------------------------------------- crafting
-class Ref:
-    """A global written by name (GLOBAL module name), no import needed."""
-
-    def __init__(self, dotted):
-        self.module, self.name = dotted.rsplit(".", 1)
-
-    def __call__(self):  # pickle only reduces to callables
-        raise AssertionError("never called")
-
-
-class Call:
-    """Pickles as func(*args)."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
-class Storage:
-    def __init__(self, key, numel, kind="FloatStorage", view=None):
-        self.key, self.numel, self.kind, self.view = key, numel, kind, view
-
-
-class CraftPickler(pickle._Pickler):
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def __init__(self, file, legacy):
-        super().__init__(file, protocol=2)
-        self.legacy = legacy
-
-    def save_ref(self, obj):
-        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
-
-    dispatch[Ref] = save_ref
-
-    def persistent_id(self, obj):
-        if not isinstance(obj, Storage):
-            return None
-        pid = ("storage", Ref(f"torch.{obj.kind}"), obj.key, "cpu", obj.numel)
-        return pid + (obj.view,) if self.legacy else pid
-
-
-def craft_pickle(obj, legacy=False):
-    buf = io.BytesIO()
-    CraftPickler(buf, legacy).dump(obj)
-    return buf.getvalue()
-
-
-def tensor(storage, offset, size, stride, v3_dtype=None):
-    if v3_dtype:
-        return Call(Ref("torch._utils._rebuild_tensor_v3"), storage, offset, size, stride, False,
-                    Call(Ref("collections.OrderedDict")), Ref(f"torch.{v3_dtype}"))
-    return Call(Ref("torch._utils._rebuild_tensor_v2"), storage, offset, size, stride, False,
-                Call(Ref("collections.OrderedDict")))
-
-
-def write_zip(path, obj, blobs, byteorder="little"):
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", craft_pickle(obj))
-        z.writestr("archive/byteorder", byteorder)
-        for key, blob in blobs.items():
-            z.writestr(f"archive/data/{key}", blob)
-    return path
-
-
-def write_legacy(path, obj, blobs, numels=None, keys=None):
-    header = [pickle.dumps(LEGACY_MAGIC, 2), pickle.dumps(LEGACY_PROTOCOL, 2),
-              pickle.dumps({"protocol_version": 1001, "little_endian": True}, 2)]
-    body = [craft_pickle(obj, legacy=True), pickle.dumps(list(keys or blobs), 2)]
-    for key, blob in blobs.items():
-        numel = (numels or {}).get(key, len(blob) // 4)
-        body.append(numel.to_bytes(8, "little") + blob)
-    Path(path).write_bytes(b"".join(header + body))
-    return path
-
-
-WRITERS = {"zip": write_zip, "legacy": write_legacy}
 
 
 # ---------------------------------------------------------------- crafted, torch-free
@@ -127,9 +50,10 @@ def test_strided_views_and_shared_storage(tmp_path, fmt):
     np.testing.assert_array_equal(got["nested"][0][0], [0, 1])
     assert got["nested"][0][1] == "x" and got["nested"][1] == {"a": 1.5}
     for arr in (got["t"], got["sliced"], got["expanded"]):
-        assert arr.flags.c_contiguous and arr.flags.writeable and arr.dtype == np.float32
-    got["t"][0, 0] = 99  # copies, not views of one shared buffer
-    assert got["nested"][0][0][0] == 0 and got["expanded"][0, 0] == 7
+        assert arr.flags.writeable and arr.flags.aligned and arr.dtype == np.float32
+        assert np.shares_memory(arr, got["t"])  # views of one storage, as in torch
+    got["t"][1, 2] = 99  # storage element 7
+    assert got["nested"][0][0][0] == 0 and (got["expanded"][:, 0] == 99).all()
 
 
 @pytest.mark.parametrize("fmt", WRITERS)
@@ -283,7 +207,7 @@ def test_zip_missing_storage_and_bad_byteorder(tmp_path):
         load_torch(write_zip(tmp_path / "m.pt", obj, {}))
     with pytest.raises(ValueError, match="byteorder"):
         load_torch(write_zip(tmp_path / "b.pt", obj, {"0": bytes(16)}, byteorder="middle"))
-    with pytest.raises(ValueError, match="truncated storage"):
+    with pytest.raises(ValueError, match="holds 15 bytes, its id says 4 float32"):
         load_torch(write_zip(tmp_path / "s.pt", obj, {"0": bytes(15)}))
 
 
@@ -359,7 +283,9 @@ def _assert_same(ours, ref, torch, where="root"):
         expect = (expect.float() if expect.dtype == torch.bfloat16 else expect).numpy()
         assert isinstance(ours, np.ndarray), where
         assert ours.dtype == expect.dtype and ours.shape == expect.shape, where
-        assert ours.flags.c_contiguous, where
+        if ref.dtype != torch.bfloat16 and not ref.is_conj() and not ref.is_neg() and ref.numel():
+            # views of their storage, as in torch
+            assert ours.strides == tuple(s * ours.itemsize for s in ref.stride()), where
         np.testing.assert_array_equal(ours, expect, err_msg=where)
     elif isinstance(ref, dict):
         assert type(ours) is type(ref) and list(ours) == list(ref), where
@@ -426,3 +352,238 @@ def test_cifar_resnet_matches_torch_load():
     torch = pytest.importorskip("torch")
     path = WEIGHTS / RESNETS[56]
     _assert_same(load_torch(path), torch.load(path, map_location="cpu", weights_only=True), torch)
+
+
+# ---------------------------------------------------------------- issue 17: attacks
+# Attacks that crashed or exhausted memory run together in one fresh process whose
+# address space is capped at what it holds after import + 384 MiB; it prints one line per
+# file as it goes, so a crash shows as the missing lines from that file on.
+ROOT = Path(__file__).resolve().parents[1]
+CAPPED = """
+import resource, sys
+from minicnn.io import load_torch
+vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (384 << 20), vm + (384 << 20)))
+for path in sys.argv[1:]:
+    try:
+        out = 'OK ' + type(load_torch(path)).__name__
+    except Exception as e:
+        out = type(e).__name__ + ' | ' + ' '.join(str(e).split())[:300]
+    print(path, out, sep='\\t', flush=True)
+"""
+HOSTILE = {}  # file name -> function(path) writing it
+
+
+def hostile(name):
+    def register(write):
+        HOSTILE[name] = write
+        return write
+    return register
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    """file name -> (path, 'OK type' or 'ErrorType | message') for every HOSTILE file."""
+    folder = tmp_path_factory.mktemp("hostile")
+    paths = {name: write(folder / name) for name, write in HOSTILE.items()}
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", CAPPED, *map(str, paths.values())], capture_output=True,
+                         text=True, env=env, timeout=600)
+    outs = dict(line.split("\t", 1) for line in run.stdout.splitlines())
+    crashed = f"no result: the process ended with {run.returncode} ({run.stderr[-300:]})"
+    return {name: (path, outs.get(str(path), crashed)) for name, path in paths.items()}
+
+
+def zip_of(path, pkl, blobs=None):
+    return write_zip(path, PROTO + pkl + STOP, blobs or {})
+
+
+def test_error_classes_are_one_family():
+    assert issubclass(UnsafePickleError, UnsafeFileError) and issubclass(UnsafePickleError, pickle.UnpicklingError)
+    assert issubclass(UnsafeFileError, FileFormatError) and issubclass(LimitExceededError, FileFormatError)
+    assert issubclass(FileFormatError, ValueError)
+
+
+@hostile("seg.pt")
+def _segfault(path):
+    # The 665-byte segfault: BUILD makes storage 1's buffer the 8x8 tensor decoded before it;
+    # the old bounds check counted elements, the slice took rows, as_strided read past the end.
+    w2d = TENSOR(PID("0", 64), 0, (8, 8), (8, 1)) + PUT(1)
+    evil = TENSOR(PID("1", 4) + D((S("raw"), GET(1))) + BUILD, 7, (57,), (1,))
+    return zip_of(path, D((S("w"), w2d), (S("evil"), evil)), {"0": np.zeros(64, "<f4").tobytes(), "1": bytes(16)})
+
+
+def test_build_on_a_storage_cannot_point_it_at_other_memory(capped):
+    path, out = capped["seg.pt"]
+    assert path.stat().st_size < 1200
+    assert out.startswith("UnsafePickleError | ") and "seg.pt" in out, out
+    assert "BUILD" in out and "StorageRef" in out
+
+
+@pytest.mark.parametrize("fmt, state", [("legacy", False), ("zip", True)])
+def test_build_cannot_flip_a_storage_between_deferred_and_ready(tmp_path, fmt, state):
+    # legacy: 'later' cleared, a tensor came back as a copy of uninitialised np.empty memory;
+    # zip: 'later' set, the internal deferred record came back in place of a tensor.
+    storage = PID("0", 256, legacy=fmt == "legacy") + D((S("later"), b"\x88" if state else FALSE)) + BUILD
+    pkl = PROTO + D((S("t"), TENSOR(storage, 0, (256,), (1,)))) + STOP
+    path = WRITERS[fmt](tmp_path / "flip.pt", pkl, {"0": np.full(256, 7, "<f4").tobytes()})
+    with pytest.raises(UnsafePickleError, match=r"flip\.pt: refusing BUILD"):
+        load_torch(path)
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+@pytest.mark.parametrize("state", [{"raw": 5}, {"dtype": "float64"}, {"args": 1}])
+def test_build_on_internal_records_is_refused_not_an_attribute_error(tmp_path, fmt, state):
+    storage = PID("0", 4, legacy=fmt == "legacy") + D(*[(S(k), I(v) if type(v) is int else S(v))
+                                                        for k, v in state.items()]) + BUILD
+    pkl = PROTO + D((S("t"), TENSOR(storage, 0, (4,), (1,)))) + STOP
+    path = WRITERS[fmt](tmp_path / "attr.pt", pkl, {"0": bytes(16)})
+    with pytest.raises(UnsafePickleError, match=r"attr\.pt: refusing BUILD"):
+        load_torch(path)
+    tensor_then_build = PROTO + TENSOR(PID("0", 4, legacy=fmt == "legacy"), 0, (4,), (1,)) + D() + BUILD + STOP
+    got = load_torch(WRITERS[fmt](tmp_path / "ok.pt", tensor_then_build, {"0": bytes(16)}))
+    assert got.shape == (4,)  # state on a tensor (Python attributes) is dropped, as documented
+
+
+WIDE = {"1.6GB": (20000, 20000), "18.6GB": (50000, 100000)}
+for _fmt in WRITERS:
+    for _name, _size in WIDE.items():
+        # 388 bytes asked for 1.6 GB (another geometry 18.6 GB) by copying a broadcast view
+        hostile(f"wide-{_name}-{_fmt}.pt")(
+            lambda path, fmt=_fmt, size=_size: WRITERS[fmt](path, PROTO + D((S("t"), TENSOR(
+                PID("0", 1, legacy=fmt == "legacy"), 0, size, (0, 0)))) + STOP, {"0": bytes(4)}))
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+@pytest.mark.parametrize("name", WIDE)
+def test_stride0_view_of_huge_shape_is_refused_within_the_budget(capped, fmt, name):
+    path, out = capped[f"wide-{name}-{fmt}.pt"]
+    assert path.stat().st_size < 700
+    assert out.startswith("LimitExceededError | ") and path.name in out, out
+    assert f"spans {4 * WIDE[name][0] * WIDE[name][1]:,} bytes" in out
+
+
+BOMB = 1536 << 20
+
+
+def _bomb(path, member, honest):
+    # 1.5 MB of deflate that inflates to 1.5 GB: declared (refused by the budget before any
+    # allocation) or disguised as a small member (stopped at its declared size).
+    numel = BOMB // 4 if honest and member == "data/0" else 4
+    pkl = PROTO + D((S("t"), TENSOR(PID("0", numel), 0, (4,), (1,)))) + STOP
+    members = {"archive/data.pkl": (pkl, len(pkl), zipfile.ZIP_STORED),
+               "archive/data/0": (bytes(16), 16, zipfile.ZIP_STORED)}
+    members[f"archive/{member}"] = (deflate_zeros(BOMB), BOMB if honest else members[f"archive/{member}"][1],
+                                    zipfile.ZIP_DEFLATED)
+    return raw_zip(path, [(n, *m) for n, m in members.items()])
+
+
+for _member in ("pkl", "storage"):
+    for _honest in ("declared", "lying"):
+        hostile(f"bomb-{_member}-{_honest}.pt")(
+            lambda path, m=_member, h=_honest: _bomb(path, "data.pkl" if m == "pkl" else "data/0", h == "declared"))
+
+
+@pytest.mark.parametrize("member", ["pkl", "storage"])
+@pytest.mark.parametrize("honest", ["declared", "lying"])
+def test_zip_bombs_stop_at_the_limit(capped, member, honest):
+    path, out = capped[f"bomb-{member}-{honest}.pt"]
+    assert path.stat().st_size < 2 << 20 and path.name in out, out
+    if honest == "declared":
+        assert out.startswith("LimitExceededError | ") and f"needs {BOMB:,} bytes" in out
+    else:  # zipfile itself stops at the declared size (and finds the CRC wrong)
+        assert out.startswith("FileFormatError | ") and ("holds more than the" in out or "Bad CRC-32" in out)
+
+
+def test_tensors_sharing_a_storage_are_views_not_copies(tmp_path):
+    # 300 tensors on one storage took 300 copies (1.3 GB for a 4 MB storage); torch keeps views
+    import tracemalloc
+    n = 1 << 18
+    # the storage id is written once, then fetched from the memo (as torch.save writes it)
+    ts = [(S(f"t{i}"), TENSOR(PID("0", n) + PUT(7) if i == 0 else GET(7), i, (n - 300,), (1,)))
+          for i in range(300)]
+    path = zip_of(tmp_path / "shared.pt", D(*ts), {"0": np.arange(n, dtype="<f4").tobytes()})
+    tracemalloc.start()
+    try:
+        got = load_torch(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(got) == 300 and all(np.shares_memory(got["t0"], v) for v in got.values())
+    assert got["t299"][0] == 299 and got["t5"][-1] == n - 300 + 4
+    assert peak < 3 * 4 * n, f"peak {peak:,} bytes for a {4 * n:,}-byte storage"
+
+
+def _nested_lists(depth):
+    return b"]" * depth + b"a" * (depth - 1)
+
+
+def _nested_dicts(depth):
+    return (b"}" + S("k")) * depth + b"N" + b"s" * depth
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+@pytest.mark.parametrize("shape", ["lists", "dicts", "tuples"])
+def test_deep_nesting_is_refused_not_a_recursion_error(tmp_path, fmt, shape):
+    depth = 5000  # past Python's recursion limit
+    body = {"lists": _nested_lists(depth), "dicts": _nested_dicts(depth),
+            "tuples": b")" + b"\x85" * depth}[shape]
+    path = WRITERS[fmt](tmp_path / "deep.pt", PROTO + body + STOP, {})
+    with pytest.raises(LimitExceededError, match=r"deep\.pt: containers nested more than 100 deep"):
+        load_torch(path)
+    shallow = PROTO + {"lists": _nested_lists(50), "dicts": _nested_dicts(50),
+                       "tuples": b")" + b"\x85" * 50}[shape] + STOP
+    assert load_torch(WRITERS[fmt](tmp_path / "ok.pt", shallow, {})) is not None
+
+
+# hashing a tuple nested a million deep recurses in C without a guard (the old reader: SIGSEGV)
+hostile("key.pt")(lambda path: zip_of(path, b"}" + b")" + b"\x85" * 1_000_000 + b"N" + b"s"))
+# LONG_BINPUT 2**31: the C unpickler grows its memo array to twice the index (32 GiB)
+hostile("memo.pt")(lambda path: zip_of(path, b"N" + PUT(2**31 - 1) + b"0" + GET(2**31 - 1)))
+
+
+def test_deep_tuple_as_a_dict_key_is_refused_before_hashing(capped):
+    path, out = capped["key.pt"]
+    assert out.startswith("FileFormatError | ") and "dict key of type tuple" in out, out
+
+
+def test_memo_index_cannot_allocate(capped):
+    assert capped["memo.pt"][1] == "OK NoneType"
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+def test_budget_and_max_bytes(tmp_path, fmt):
+    pkl = PROTO + D((S("w"), TENSOR(PID("0", 1024, legacy=fmt == "legacy"), 0, (32, 32), (32, 1)))) + STOP
+    path = WRITERS[fmt](tmp_path / "w.pt", pkl, {"0": np.ones(1024, "<f4").tobytes()})
+    with pytest.raises(LimitExceededError, match=r"w\.pt: .* over the memory budget of 2,000 bytes"):
+        load_torch(path, max_bytes=2000)
+    assert load_torch(path, max_bytes=1 << 20)["w"].sum() == 1024
+
+
+@pytest.mark.parametrize("make", ["deep", "attr", "wide", "list", "intkey"])
+def test_cli_convert_prints_one_line_never_a_traceback(tmp_path, capsys, make):
+    from minicnn.cli import main
+    files = {
+        "deep": (PROTO + _nested_lists(5000) + STOP, {}),
+        "attr": (PROTO + TENSOR(PID("0", 4) + D((S("raw"), I(5))) + BUILD, 0, (4,), (1,)) + STOP, {"0": bytes(16)}),
+        "wide": (PROTO + D((S("t"), TENSOR(PID("0", 1), 0, (20000, 20000), (0, 0)))) + STOP, {"0": bytes(4)}),
+        "list": (PROTO + L(TENSOR(PID("0", 1), 0, (1,), (1,))) + STOP, {"0": bytes(4)}),
+        # loads, but trips the converter (an AttributeError there): still one line
+        "intkey": (PROTO + b"}" + I(3) + TENSOR(PID("0", 1), 0, (1,), (1,)) + b"s" + STOP, {"0": bytes(4)}),
+    }
+    src = write_zip(tmp_path / "bad.pth", *files[make])
+    assert main(["convert", str(src), str(tmp_path / "out.npz"), "--arch", "resnet20"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    if make != "intkey":
+        assert err.startswith("minicnn convert: error: ") and "bad.pth" in err, err
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_cli_entry_point_one_line(tmp_path):
+    src = write_zip(tmp_path / "bad.pth", PROTO + _nested_lists(5000) + STOP, {})
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "minicnn", "convert", str(src), str(tmp_path / "o.npz"),
+                          "--arch", "resnet20"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert "nested more than 100 deep" in out.stderr

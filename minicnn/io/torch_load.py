@@ -14,375 +14,258 @@ In both, a tensor is pickled as a call such as
 ``torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, ...)``
 whose ``storage`` is a persistent id
 ``('storage', storage_type, key, location, numel[, view_metadata])``.
-Here the tensor becomes ``as_strided(storage[offset:], size, stride)`` copied
-to a contiguous array after checking that every element it addresses lies
-inside the storage, so a crafted file cannot make it read stray memory.
 
-Pickles run code: a ``__reduce__`` may name any importable callable.  The
-unpickler below resolves only the globals a tensor checkpoint needs (see
-``_ALLOWED``) and maps each to a local, side-effect-free stand-in; any other
-global raises :class:`UnsafePickleError` naming it, before anything is called.
+The file is parsed, never run: the pickle goes through
+:mod:`minicnn.io.pickle_vm` (allowed opcodes and globals only, see
+:mod:`minicnn.io.torch_tensor`), each storage is read into a zeroed buffer of
+exactly the size its id declares, checked against the bytes the file holds,
+and each tensor becomes a view of its storage once its extent is checked in
+bytes (:func:`minicnn.io.torch_tensor.resolve`).
 """
-import _compat_pickle
+import errno
 import hashlib
-import io
 import os
-import pickle
 import re
+import struct
 import zipfile
 import zlib
-from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["load_torch", "sha256sum", "check_hash_prefix", "UnsafePickleError"]
+from minicnn.errors import FileFormatError, LimitExceededError
+from minicnn.io.pickle_vm import Budget, TruncatedPickleError, UnsafePickleError, unpickle
+from minicnn.io.torch_tensor import DTYPES, TensorRecord, find_global, resolve, storage_ref
+
+__all__ = ["load_torch", "sha256sum", "check_hash_prefix", "UnsafePickleError", "BUDGET_FACTOR",
+           "BUDGET_FLOOR"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-
-# torch dtype name -> NumPy dtype of the stored elements (little-endian).
-# bfloat16 is stored as its raw 16 bits and widened to float32 on the way out.
-_DTYPES = {
-    "float64": "<f8", "float32": "<f4", "float16": "<f2", "bfloat16": "<u2",
-    "complex128": "<c16", "complex64": "<c8",
-    "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1",
-    "uint64": "<u8", "uint32": "<u4", "uint16": "<u2", "uint8": "u1",
-    "bool": "u1",
-}
-_STORAGE_DTYPES = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "ComplexDoubleStorage": "complex128",
-    "ComplexFloatStorage": "complex64", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
-    "BoolStorage": "bool", "UntypedStorage": "uint8",
-}
+# Default memory budget of a load: BUDGET_FACTOR x the file's size + BUDGET_FLOOR bytes.
+# torch.save stores storages uncompressed, so they hold at most the file's size; the
+# factor leaves room for bfloat16 widened to float32 (2x) and for the pickle's objects.
+BUDGET_FACTOR = 4
+BUDGET_FLOOR = 64 << 20
+_CHUNK = 1 << 22     # archive members are read (decompressed) this much at a time
+_HEAD = 1 << 16      # a legacy file's pickles are looked for in its first 64 KiB, then twice that...
+_ZIP_ENTRY = 1024    # bytes charged per central-directory entry zipfile keeps (a ZipInfo and its name)
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The checkpoint names a global outside the tensor-checkpoint allowlist."""
+def _read_member(zf, info, budget):
+    """The bytes of archive member ``info`` in a zeroed uint8 array of its declared size.
 
-
-class _Global:
-    """Stand-in for an allowed torch global: a storage type or dtype (``dtype``
-    names the element type) or a function (``call``).
-
-    Frozen: pickle's BUILD opcode sets state on whatever object it is given,
-    so a file could otherwise alter these shared objects for every later load.
+    Decompressed a chunk at a time: a member that inflates past its declared
+    size, or ends before it, is refused before it can fill memory.
     """
-
-    __slots__ = ("name", "dtype", "call")
-
-    def __init__(self, name, dtype=None, call=None):
-        for slot, value in (("name", name), ("dtype", dtype), ("call", call)):
-            object.__setattr__(self, slot, value)
-
-    def __setattr__(self, slot, value):
-        raise AttributeError(f"torch global {self.name} is read-only")
-
-    def __setstate__(self, state):
-        raise UnsafePickleError(f"refusing to set state on torch global {self.name}")
-
-    def __call__(self, *args):
-        if self.call is None:
-            raise pickle.UnpicklingError(f"torch global {self.name} is not callable")
-        return self.call(*args)
-
-    def __repr__(self):
-        return f"<torch {self.name}>"
-
-
-class _Storage:
-    """The bytes of one torch storage, holding elements of ``dtype`` in ``byteorder``.
-
-    ``later`` marks legacy-format storages, whose bytes follow the pickle that
-    uses them: tensors on such storages are rebuilt once the bytes are read.
-    """
-
-    def __init__(self, raw, dtype, byteorder, later=False):
-        self.raw, self.dtype, self.byteorder, self.later = raw, dtype, byteorder, later
-
-
-class _Deferred:
-    """A legacy-format tensor waiting for its storage bytes: the arguments of ``_tensor``."""
-
-    __hash__ = None  # tensors as set members or dict keys would escape _materialize
-
-    def __init__(self, *args):
-        self.args = args
-
-
-def _rebuild(storage, storage_offset, size, stride, dtype=None, metadata=None):
-    if not isinstance(storage, _Storage):
-        raise pickle.UnpicklingError(f"tensor rebuilt from {type(storage).__name__}, expected a storage")
-    if storage.later:
-        return _Deferred(storage, storage_offset, size, stride, dtype, metadata)
-    return _tensor(storage, storage_offset, size, stride, dtype, metadata)
-
-
-def _tensor(storage, storage_offset, size, stride, dtype, metadata):
-    """Tensor = storage viewed with (offset, size, stride), copied contiguous and native-endian."""
-    name = storage.dtype if dtype is None else dtype.dtype if isinstance(dtype, _Global) else None
-    if name not in _DTYPES:
-        raise pickle.UnpicklingError(f"unsupported tensor dtype {dtype!r}")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise pickle.UnpicklingError(f"tensor metadata is {type(metadata).__name__}, expected a dict")
-    size, stride = tuple(size), tuple(stride)
-    ints = size + stride + (storage_offset,)
-    if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in ints):
-        raise pickle.UnpicklingError(
-            f"bad tensor geometry: size {size}, stride {stride}, offset {storage_offset}")
-    np_dtype = np.dtype(_DTYPES[name]).newbyteorder("<" if storage.byteorder == "little" else ">")
-    if storage.raw.size % np_dtype.itemsize:
-        raise pickle.UnpicklingError(
-            f"storage of {storage.raw.size} bytes is not a whole number of {name} elements")
-    elems = storage.raw.view(np_dtype)
-    if 0 in size:
-        arr = np.zeros(size, np_dtype)
-    else:
-        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= elems.size:
-            raise pickle.UnpicklingError(
-                f"tensor (size {size}, stride {stride}, offset {storage_offset}) reaches element "
-                f"{last} of a storage holding {elems.size}")
-        arr = np.lib.stride_tricks.as_strided(
-            elems[storage_offset:], size, [s * np_dtype.itemsize for s in stride], writeable=False)
-    out = arr.astype(np_dtype.newbyteorder("="), order="C")
-    if name == "bfloat16":
-        out = (out.astype(np.uint32) << 16).view(np.float32)
-    elif name == "bool":
-        out = out != 0
-    if metadata and metadata.get("neg"):
-        out = -out
-    if metadata and metadata.get("conj"):
-        out = np.conj(out)
+    n = info.file_size
+    budget.take(n, f"archive member {info.filename}")
+    out = np.zeros(n, np.uint8)
+    view = memoryview(out)
+    got = 0
+    with zf.open(info) as src:
+        while got < n:
+            chunk = src.read(min(n - got, _CHUNK))
+            if not chunk:
+                raise FileFormatError(f"archive member {info.filename} holds {got} bytes, "
+                                      f"its directory entry says {n}")
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        if src.read(1):
+            raise FileFormatError(f"archive member {info.filename} holds more than the {n} bytes "
+                                  "its directory entry declares")
     return out
 
 
-def _materialize(obj, seen=None):
-    """Replace every ``_Deferred`` in nested dicts/lists/tuples by its array."""
-    if isinstance(obj, _Deferred):
-        return _tensor(*obj.args)
-    seen = set() if seen is None else seen
-    if id(obj) in seen:  # shared or cyclic containers: fix each once
-        return obj
-    if isinstance(obj, dict):
-        seen.add(id(obj))
-        for k, v in obj.items():
-            obj[k] = _materialize(v, seen)
-    elif isinstance(obj, list):
-        seen.add(id(obj))
-        obj[:] = [_materialize(v, seen) for v in obj]
-    elif isinstance(obj, tuple):
-        return tuple(_materialize(v, seen) for v in obj)
-    return obj
+def _central_directory_size(f, size):
+    """The size in bytes of a zip's central directory, from its end record (zip64 too); 0 if not found."""
+    tail = min(size, 65557)
+    f.seek(size - tail)
+    data = f.read(tail)
+    at = data.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(data):
+        return 0
+    cd_size = struct.unpack_from("<I", data, at + 12)[0]
+    if cd_size == 0xFFFFFFFF and at >= 20 and data[at - 20:at - 16] == b"PK\x06\x07":
+        f.seek(struct.unpack_from("<Q", data, at - 12)[0])
+        record = f.read(56)
+        if len(record) == 56 and record[:4] == b"PK\x06\x06":
+            cd_size = struct.unpack_from("<Q", record, 40)[0]
+    return min(cd_size, size)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride):
-    return _rebuild(storage, storage_offset, size, stride)
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks,
-                       metadata=None):
-    return _rebuild(storage, storage_offset, size, stride, metadata=metadata)
-
-
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
-                       dtype, metadata=None):
-    return _rebuild(storage, storage_offset, size, stride, dtype, metadata)
-
-
-def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
-    return data
-
-
-def _rebuild_from_type_v2(func, new_type, args, state):
-    """A tensor carrying Python attributes: rebuild the tensor, drop the attributes."""
-    if new_type is not _TENSOR:
-        raise UnsafePickleError(f"refusing tensor subclass {new_type!r}")
-    return func(*args)
-
-
-def _latin1_bytes(text, encoding):
-    """``_codecs.encode``, as protocol-2 pickles use it to spell ``bytes``."""
-    if encoding != "latin1" or not isinstance(text, str):
-        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode("latin1")
-
-
-_TENSOR = _Global("Tensor")
-_ALLOWED = {
-    "collections.OrderedDict": OrderedDict,
-    "builtins.set": set,
-    "builtins.frozenset": frozenset,
-    "builtins.complex": complex,
-    "torch.Tensor": _TENSOR,
-    "torch._tensor.Tensor": _TENSOR,
-    "torch.storage.UntypedStorage": _Global("UntypedStorage", "uint8"),
-}
-_ALLOWED.update({f"torch.{n}": _Global(n, n) for n in _DTYPES})
-for _module in ("torch", "torch.cuda"):  # torch.cuda.*Storage: GPU tensors saved by old versions
-    _ALLOWED.update({f"{_module}.{n}": _Global(n, d) for n, d in _STORAGE_DTYPES.items()})
-for _name, _fn in (("torch._utils._rebuild_tensor", _rebuild_tensor),
-                   ("torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2),
-                   ("torch._utils._rebuild_tensor_v3", _rebuild_tensor_v3),
-                   ("torch._utils._rebuild_parameter", _rebuild_parameter),
-                   ("torch._utils._rebuild_parameter_with_state", _rebuild_parameter),
-                   ("torch._tensor._rebuild_from_type_v2", _rebuild_from_type_v2),
-                   ("_codecs.encode", _latin1_bytes)):
-    _ALLOWED[_name] = _Global(_name, call=_fn)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose globals come only from ``_ALLOWED``; storages come from ``load_storage``."""
-
-    def __init__(self, file, load_storage=None):
-        super().__init__(file, encoding="utf-8")
-        self._load_storage = load_storage
-
-    def find_class(self, module, name):
-        # Python-2 pickles spell builtins as __builtin__.*; map them like pickle would.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        try:
-            return _ALLOWED[f"{module}.{name}"]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to load global {module}.{name}: a tensor checkpoint only needs "
-                "collections.OrderedDict, torch._utils._rebuild_*, torch storage types and dtypes"
-            ) from None
-
-    def persistent_load(self, pid):
-        if self._load_storage is None:
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            kind = pid[0] if isinstance(pid, tuple) and pid else pid
-            raise pickle.UnpicklingError(
-                f"unsupported persistent id {kind!r:.80}: only tensor storages are read "
-                "(whole pickled nn.Modules are not; save a state_dict instead)")
-        if (len(pid) not in (5, 6) or not isinstance(pid[1], _Global) or pid[1].dtype is None
-                or not isinstance(pid[4], int) or pid[4] < 0):
-            raise pickle.UnpicklingError(f"malformed storage id {pid!r:.80}")
-        return self._load_storage(pid[1].dtype, str(pid[2]), pid[4], pid[5] if len(pid) == 6 else None)
-
-
-def _unpickle(file, load_storage=None):
-    return _RestrictedUnpickler(file, load_storage).load()
-
-
-def _load_zip(f):
+def _load_zip(f, size, budget):
+    # zipfile keeps an object per directory entry: charge them before it parses the directory.
+    budget.take(_central_directory_size(f, size) // 46 * _ZIP_ENTRY, "the archive's directory")
+    f.seek(0)
     with zipfile.ZipFile(f) as zf:
-        names = set(zf.namelist())
-        prefix = zf.namelist()[0].split("/", 1)[0] if names else ""
-        if f"{prefix}/data.pkl" not in names:
-            raise ValueError(f"zip archive without {prefix}/data.pkl: not a torch.save file")
+        infos = {i.filename: i for i in zf.infolist()}
+        prefix = next(iter(infos), "").split("/", 1)[0]
+        if f"{prefix}/data.pkl" not in infos:
+            raise FileFormatError(f"zip archive without {prefix!r:.40}/data.pkl: not a torch.save file")
         byteorder = "little"
-        if f"{prefix}/byteorder" in names:
-            byteorder = zf.read(f"{prefix}/byteorder").decode("ascii", "replace").strip()
+        if f"{prefix}/byteorder" in infos:
+            info = infos[f"{prefix}/byteorder"]
+            if info.file_size > 16:
+                raise FileFormatError(f"byteorder file of {info.file_size} bytes, expected 'little' or 'big'")
+            byteorder = _read_member(zf, info, budget).tobytes().decode("ascii", "replace").strip()
             if byteorder not in ("little", "big"):
-                raise ValueError(f"byteorder file says {byteorder!r:.20}, expected 'little' or 'big'")
+                raise FileFormatError(f"byteorder file says {byteorder!r:.20}, expected 'little' or 'big'")
         storages = {}
 
-        def load_storage(dtype, key, numel, view):
-            if key not in storages:
-                entry = f"{prefix}/data/{key}"
-                if entry not in names:
-                    raise ValueError(f"storage {entry!r:.80} is missing from the archive")
-                raw = np.frombuffer(zf.read(entry), np.uint8)
-                if raw.size < numel * np.dtype(_DTYPES[dtype]).itemsize:
-                    raise ValueError(f"truncated storage {entry}: {raw.size} bytes for {numel} {dtype}")
-                storages[key] = _Storage(raw, dtype, byteorder)
-            return storages[key]
+        def persistent_load(pid):
+            ref = storage_ref(pid, with_view=False)
+            buf = storages.get(ref.key)
+            if buf is None:
+                entry = f"{prefix}/data/{ref.key}"
+                if entry not in infos:
+                    raise FileFormatError(f"storage {entry!r:.80} is missing from the archive")
+                if infos[entry].file_size != ref.nbytes:
+                    raise FileFormatError(f"storage {entry} holds {infos[entry].file_size} bytes, its id "
+                                          f"says {ref.numel} {ref.dtype} ({ref.nbytes} bytes)")
+                storages[ref.key] = _read_member(zf, infos[entry], budget)
+            elif buf.size != ref.nbytes:
+                raise FileFormatError(f"storage {ref.key!r:.40} named with {ref.nbytes} bytes, "
+                                      f"it holds {buf.size}")
+            return ref
 
-        return _unpickle(io.BytesIO(zf.read(f"{prefix}/data.pkl")), load_storage)
+        data = _read_member(zf, infos[f"{prefix}/data.pkl"], budget).tobytes()
+        obj, _ = unpickle(data, 0, find_global, persistent_load, (TensorRecord,), budget)
+        return resolve(obj, storages, byteorder, budget)
 
 
-def _read_exact(f, n, what):
-    data = f.read(n)
-    if len(data) != n:
-        raise ValueError(f"truncated file: {what} needs {n} bytes, found {len(data)}")
-    return data
+def _legacy_pickles(f, size, budget):
+    """The five pickles at the start of a legacy file, the storages the tensors name
+    (key -> (dtype, numel)) and the offset where the pickles end.
+
+    Parsed from the file's first 64 KiB, read further (doubling) only while a pickle runs past it.
+    """
+    data = b""
+    while True:
+        want = min(size, max(_HEAD, 2 * len(data)))
+        budget.take(want - len(data), "the checkpoint's pickles")
+        f.seek(len(data))
+        data += f.read(want - len(data))
+        roots = {}
+
+        def persistent_load(pid):
+            ref = storage_ref(pid, with_view=True)
+            root = roots.setdefault(ref.key, (ref.dtype, ref.numel))
+            if root != (ref.dtype, ref.numel):
+                raise FileFormatError(f"storage {ref.key!r:.40} declared as {root[1]} {root[0]} and "
+                                      f"as {ref.numel} {ref.dtype}")
+            return ref
+
+        trial = Budget(budget.limit)
+        trial.left = budget.left
+        try:
+            out, at = [], 0
+            for part in range(5):
+                obj, at = unpickle(data, at, find_global, persistent_load if part == 3 else None,
+                                   (TensorRecord,), trial)
+                out.append(obj)
+                if part == 0 and obj != LEGACY_MAGIC:
+                    raise FileFormatError(f"a pickle, but not a torch.save checkpoint (no magic number; "
+                                          f"got {obj!r:.40})")
+                if part == 1 and obj != LEGACY_PROTOCOL:
+                    raise FileFormatError(f"legacy checkpoint protocol {obj!r:.40}, expected {LEGACY_PROTOCOL}")
+            budget.left = trial.left
+            return out, roots, at
+        except TruncatedPickleError:
+            if len(data) >= size:
+                raise
 
 
-def _load_legacy(f):
-    magic = _unpickle(f)
-    if magic != LEGACY_MAGIC:
-        raise ValueError(f"a pickle, but not a torch.save checkpoint (no magic number; got {magic!r:.40})")
-    version = _unpickle(f)
-    if version != LEGACY_PROTOCOL:
-        raise ValueError(f"legacy checkpoint protocol {version!r:.40}, expected {LEGACY_PROTOCOL}")
-    _unpickle(f)  # sys_info: torch writes and reads storages little-endian whatever it says
-    file_size = os.fstat(f.fileno()).st_size
-    roots, views = {}, {}
-
-    def load_storage(dtype, key, numel, view):
-        if key not in roots:
-            nbytes = numel * np.dtype(_DTYPES[dtype]).itemsize
-            if nbytes > file_size:
-                raise ValueError(f"storage {key!r:.40} claims {nbytes} bytes, more than the whole file")
-            roots[key] = (_Storage(np.empty(nbytes, np.uint8), dtype, "little", later=True), numel)
-        root, numel = roots[key]
-        if view is None:
-            return root
-        # Pre-0.4 storage views: (view_key, offset, view_numel) into the root storage.
-        view_key, offset, view_numel = view
-        if view_key not in views:
-            if not (0 <= offset and 0 <= view_numel and offset + view_numel <= numel):
-                raise ValueError(f"storage view {view!r:.80} exceeds its storage of {numel} elements")
-            itemsize = np.dtype(_DTYPES[dtype]).itemsize
-            raw = root.raw[offset * itemsize:(offset + view_numel) * itemsize]
-            views[view_key] = _Storage(raw, dtype, "little", later=True)
-        return views[view_key]
-
-    obj = _unpickle(f, load_storage)
-    keys = _unpickle(f)
-    if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(roots):
-        raise ValueError("the storage key list does not match the storages the tensors use")
+def _load_legacy(f, size, budget):
+    (_, _, _, obj, keys), roots, at = _legacy_pickles(f, size, budget)
+    # sys_info is ignored: torch writes and reads legacy storages little-endian whatever it says
+    if type(keys) is not list or not all(type(k) in (str, int) for k in keys) \
+            or len(keys) != len(roots) or set(map(str, keys)) != set(roots):
+        raise FileFormatError("the storage key list does not match the storages the tensors use")
+    # The storages, each an int64 count and its bytes, in one read; each becomes a slice of it.
+    budget.take(size - at, "the checkpoint's storages")
+    region = np.zeros(size - at, np.uint8)
+    f.seek(at)
+    if f.readinto(memoryview(region)) != region.size:
+        raise FileFormatError("the file changed size while it was read")
+    storages, at = {}, 0
     for key in map(str, keys):
-        root, numel = roots[key]
-        count = int.from_bytes(_read_exact(f, 8, f"storage {key} size"), "little", signed=True)
+        dtype, numel = roots[key]
+        if at + 8 > region.size:
+            raise FileFormatError(f"truncated file: storage {key!r:.40} has no element count")
+        count = int.from_bytes(region[at:at + 8], "little", signed=True)
         if count != numel:
-            raise ValueError(f"storage {key} holds {count} elements, the tensors expect {numel}")
-        root.raw[:] = np.frombuffer(_read_exact(f, root.raw.size, f"storage {key}"), np.uint8)
-    return _materialize(obj)
+            raise FileFormatError(f"storage {key!r:.40} holds {count} elements, the tensors expect {numel}")
+        nbytes = numel * np.dtype(DTYPES[dtype]).itemsize
+        if at + 8 + nbytes > region.size:
+            raise FileFormatError(f"truncated file: storage {key!r:.40} needs {nbytes:,} bytes, "
+                                  f"the file has {region.size - at - 8:,} left")
+        storages[key] = region[at + 8:at + 8 + nbytes]
+        at += 8 + nbytes
+    return resolve(obj, storages, "little", budget)
 
 
-_CORRUPT = (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, zlib.error,
-            TypeError, KeyError, IndexError, OverflowError)
+# What the stdlib's zip reader raises on a damaged archive (besides FileFormatError's ValueError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, struct.error,
+               NotImplementedError, RuntimeError, ValueError, OverflowError)
 
 
-def load_torch(path, check_hash=False):
+def load_torch(path, check_hash=False, max_bytes=None):
     """Load a ``torch.save`` checkpoint as nested dicts/lists of NumPy arrays.
 
-    Tensors come back as contiguous, native-endian arrays of their own dtype
-    (float16 stays float16, bfloat16 becomes float32, bool stays bool), each a
-    copy even where tensors shared a storage.  Parameters become plain arrays;
-    Python attributes set on tensors are dropped.  Other values (numbers,
-    strings, lists, tuples, dicts, OrderedDicts) come back as themselves.
+    Tensors come back as native-endian arrays of their own dtype (float16 stays
+    float16, bfloat16 becomes float32, bool stays bool).  Tensors that share a
+    storage are views of one buffer, as in torch (writing one changes the
+    others); the arrays are writeable.  Parameters become plain arrays; Python
+    attributes set on tensors are dropped.  Other values (numbers, strings,
+    bytes, lists, tuples, sets, dicts, OrderedDicts) come back as themselves.
 
     ``check_hash=True`` first checks the file against the hex digits in its
     name, torch.hub style (``resnet20-12fca82f.th``; see :func:`check_hash_prefix`).
 
-    Raises :class:`UnsafePickleError` for a global outside the allowlist
-    (nothing from the file is executed) and ``ValueError`` for a file that is
-    not a checkpoint, is truncated, or is inconsistent; both name the file.
+    The load allocates at most ``max_bytes`` (default ``BUDGET_FACTOR`` x the
+    file's size + ``BUDGET_FLOOR``: 4x + 64 MiB), counting storages, their
+    conversions, archive members and the pickle's objects; no single tensor may
+    span more than that either (a stride-0 view of a huge shape is refused).
+
+    Raises (each a ``ValueError`` naming the file and what was wrong):
+    :class:`UnsafePickleError` (an :class:`~minicnn.errors.UnsafeFileError`) for
+    a global or pickle opcode outside the allowlist (nothing from the file is
+    executed); :class:`~minicnn.errors.LimitExceededError` past the budget or
+    for containers nested more than 100 deep;
+    :class:`~minicnn.errors.FileFormatError` for a file that is not a
+    checkpoint, is truncated, or is inconsistent.  ``OSError`` for the file
+    system itself.
     """
     path = os.fspath(path)
     if check_hash:
         check_hash_prefix(path)
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        budget = Budget(BUDGET_FACTOR * size + BUDGET_FLOOR if max_bytes is None else max_bytes)
         head = f.read(4)
         f.seek(0)
-        if head != b"PK\x03\x04" and head[:1] != b"\x80":
-            raise ValueError(f"{path}: not a PyTorch checkpoint: neither a zip archive nor a "
-                             f"protocol-2 pickle (starts with {head!r})")
         try:
-            return _load_zip(f) if head == b"PK\x03\x04" else _load_legacy(f)
-        except UnsafePickleError as e:
-            raise UnsafePickleError(f"{path}: {e}") from None
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-        except _CORRUPT as e:
-            raise ValueError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {e})") from None
+            if head == b"PK\x03\x04" or head == b"PK\x05\x06":
+                try:
+                    return _load_zip(f, size, budget)
+                except FileFormatError:
+                    raise
+                except OSError as e:
+                    if e.errno != errno.EINVAL:  # a seek the directory asked for, not the disk
+                        raise
+                    raise FileFormatError(f"corrupt zip archive ({e})") from None
+                except _ZIP_ERRORS as e:
+                    raise FileFormatError(f"corrupt zip archive ({type(e).__name__}: {e})") from None
+            if head[:1] != b"\x80":
+                raise FileFormatError(f"not a PyTorch checkpoint: neither a zip archive nor a "
+                                      f"protocol-2 pickle (starts with {head!r})")
+            return _load_legacy(f, size, budget)
+        except FileFormatError as e:
+            if e.path is not None:
+                raise
+            raise type(e)(str(e), path) from None
+        except (MemoryError, RecursionError) as e:  # the budget and depth limit should prevent both
+            raise LimitExceededError(f"{type(e).__name__} while reading", path) from None
 
 
 def sha256sum(path, chunk=1 << 20):
@@ -398,13 +281,14 @@ def check_hash_prefix(path):
     """Check ``name-<hex>.ext`` against the file's SHA-256; return the digest.
 
     torch.hub names weight files with a prefix of their SHA-256 (at least 8
-    hex digits), e.g. ``resnet20-12fca82f.th``.  Raises ``ValueError`` if the
-    name has no such prefix or the digest does not start with it.
+    hex digits), e.g. ``resnet20-12fca82f.th``.  Raises
+    :class:`~minicnn.errors.FileFormatError` (a ``ValueError``) if the name has
+    no such prefix or the digest does not start with it.
     """
     m = re.search(r"-([0-9a-f]{8,})\.[^/\\]*$", os.path.basename(path))
     if m is None:
-        raise ValueError(f"{path}: file name has no '-<sha256 prefix>.' part to check against")
+        raise FileFormatError("file name has no '-<sha256 prefix>.' part to check against", path)
     digest = sha256sum(path)
     if not digest.startswith(m.group(1)):
-        raise ValueError(f"{path}: SHA-256 {digest} does not start with {m.group(1)} from its name")
+        raise FileFormatError(f"SHA-256 {digest} does not start with {m.group(1)} from its name", path)
     return digest
