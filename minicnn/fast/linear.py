@@ -6,17 +6,14 @@ input- and weight-gradient GEMMs run side by side.  Same function as
 import numpy as np
 
 from ..ops import dispatch
-from ..tensor import Function
+from ..ops.linear import Linear as ReferenceLinear
 from .runtime import parallel_for
 
 MIN_PARALLEL = 1 << 20   # multiply-adds per GEMM below which the reference (one GEMM each) runs
 
 
-class Linear(Function):
-    """y = x Wᵀ + b.   x (..., in), W (out, in), b (out,) -> y (..., out).
-
-    dL/dx = g W,   dL/dW = gᵀ x (leading axes flattened),   dL/db = Σ g.
-    """
+class Linear(ReferenceLinear):
+    """``minicnn.ops.linear.Linear`` with large GEMMs on the two workers."""
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)

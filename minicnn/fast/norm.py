@@ -250,16 +250,22 @@ class LayerNorm(Function):
         return gx, gw, gb
 
 
+def _per_channel(ctx, x, weight, bias, running_mean, running_var, own_stats, momentum, eps, over_batch):
+    """Batch or instance norm (``over_batch``) with the sample's statistics, updating the
+    running ones if given, or (``own_stats`` False) with the running statistics."""
+    C = x.shape[1]
+    if own_stats:
+        running = None if running_mean is None else (running_mean, running_var, momentum)
+        return ChannelNorm.forward(ctx, x, weight, bias, groups=C, over_batch=over_batch, eps=eps, running=running)
+    return ChannelNorm.forward(ctx, x, weight, bias, groups=C, over_batch=True, eps=eps,
+                               stats=(running_mean, running_var))
+
+
 class BatchNorm(ChannelNorm):
     """``minicnn.ops.norm.BatchNorm``'s signature on the fused kernels."""
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
-        C = x.shape[1]
-        if training:
-            running = None if running_mean is None else (running_mean, running_var, momentum)
-            return ChannelNorm.forward(ctx, x, weight, bias, groups=C, over_batch=True, eps=eps, running=running)
-        return ChannelNorm.forward(ctx, x, weight, bias, groups=C, over_batch=True, eps=eps,
-                                   stats=(running_mean, running_var))
+        return _per_channel(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, True)
 
     @staticmethod
     def backward(ctx, g):
@@ -271,12 +277,7 @@ class InstanceNorm(ChannelNorm):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None, use_input_stats=True, momentum=0.1,
                 eps=1e-5):
-        C = x.shape[1]
-        if use_input_stats:
-            running = None if running_mean is None else (running_mean, running_var, momentum)
-            return ChannelNorm.forward(ctx, x, weight, bias, groups=C, over_batch=False, eps=eps, running=running)
-        return ChannelNorm.forward(ctx, x, weight, bias, groups=C, over_batch=True, eps=eps,
-                                   stats=(running_mean, running_var))
+        return _per_channel(ctx, x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, False)
 
     backward = BatchNorm.backward
 

@@ -27,6 +27,8 @@ Backward, with G = dL/dy in the same (O/g, L) layout:
 ``minicnn.fast.conv`` holds faster routes for the same function (Winograd, row taps,
 ...), each tested against this one; :func:`conv2d` picks one (``route=``).
 """
+from typing import NamedTuple
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -168,23 +170,18 @@ def check_float_input(x, layer, ndim=4, layout="(N, C, H, W)"):
         raise TypeError(f"{layer}: expected a float32 or float64 input, got {x.dtype}")
 
 
-class ConvGeometry:
-    """Everything that decides how a convolution runs: shapes, dtype and arguments,
-    resolved (``padding`` as ((top, bottom), (left, right))).  The key a route is chosen by."""
-    __slots__ = ("x_shape", "w_shape", "dtype", "stride", "padding", "dilation", "groups", "out_hw", "has_bias")
-
-    def __init__(self, **fields):
-        for name in self.__slots__:
-            setattr(self, name, fields[name])
-
-    def key(self):
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other):
-        return isinstance(other, ConvGeometry) and self.key() == other.key()
-
-    def __hash__(self):
-        return hash(self.key())
+class ConvGeometry(NamedTuple):
+    """Everything that decides how a convolution runs, resolved (``padding`` as ((top,
+    bottom), (left, right))): the key a route is chosen by."""
+    x_shape: tuple
+    w_shape: tuple
+    dtype: np.dtype
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    out_hw: tuple
+    has_bias: bool
 
     @property
     def options(self):
