@@ -19,10 +19,7 @@ PYTHON = {"python", "py", "python3"}
 
 # Blocks that fail today, by (file, first line of code): each must keep failing
 # (strict) until the Markdown is fixed, so that the entry is then removed.
-KNOWN_BROKEN = {
-    ("README.md", "from minicnn import internals, ops"):
-        "uses `labels`, which no earlier block defines (reported to the lead, issue 17)",
-}
+KNOWN_BROKEN = {}
 
 
 def blocks(path):
