@@ -1,13 +1,19 @@
-"""minicnn.distributed without MPI: the sampler's shares, the DataLoader's sampler hook, and
-that minicnn never imports the distributed package or mpi4py."""
+"""minicnn.distributed without MPI: the sampler's shares, the DataLoader's sampler hook, the
+Trainer's strategy hooks (with a stand-in strategy), convert_sync_batchnorm, and that minicnn
+never imports the distributed package or mpi4py."""
+import io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from minicnn import Tensor, nn
 from minicnn.data import DataLoader
-from minicnn.distributed import DistributedSampler
+from minicnn.distributed import DistributedSampler, SyncBatchNorm, convert_sync_batchnorm
+from minicnn.optim import SGD
+from minicnn.train import CSVLogger, ModelCheckpoint, Trainer
+from minicnn.train.loop import OneProcess
 
 
 def _shares(n, ranks, epoch=0, **kw):
@@ -96,3 +102,55 @@ def test_missing_mpi4py_says_how_to_install():
                 "d.init()")
     assert proc.returncode != 0
     assert 'pip install "minicnn[distributed]"' in proc.stderr
+
+
+class SecondRank(OneProcess):
+    """Rank 1 of 2, without MPI: sums are this process's alone."""
+    is_main = False
+
+    def sampler(self, n, shuffle, seed, train):
+        return DistributedSampler(n, 2, 1, shuffle=shuffle, seed=seed, even=train)
+
+
+def _blobs(n=40):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (n, 4, 4)).astype(np.uint8), rng.integers(0, 2, n)
+
+
+def _mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+
+
+def test_a_rank_other_than_0_prints_and_writes_nothing(tmp_path):
+    model, out = _mlp(), io.StringIO()
+    callbacks = [ModelCheckpoint(tmp_path / "best.npz"), CSVLogger(tmp_path / "log.csv")]
+    t = Trainer(model, _blobs(), SGD(model.parameters(), lr=0.1), validation_data=_blobs(10), batch_size=4,
+                callbacks=callbacks, verbose=1, stream=out, strategy=SecondRank(),
+                checkpoint_path=tmp_path / "state.npz")
+    t.fit(2)
+    assert out.getvalue() == "" and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert len(t.history) == 2 and callbacks[0].last_saved is None
+    assert len(t.train_loader) == 5                       # its 20 of the 40 images, batch 4
+    assert sorted(t.val_loader.sampler.indices().tolist()) == [1, 3, 5, 7, 9]
+
+
+def test_a_loader_without_a_sampler_cannot_be_shared_out():
+    model = _mlp()
+    with pytest.raises(ValueError, match="pass the data itself"):
+        Trainer(model, DataLoader(_blobs()), SGD(model.parameters(), lr=0.1), strategy=SecondRank())
+
+
+def test_convert_keeps_parameters_buffers_and_positions():
+    bn = nn.BatchNorm2d(3)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), bn, nn.ReLU())
+    bn.running_mean[...] = 0.5
+    model.eval()
+    x = np.random.default_rng(0).random((2, 1, 5, 5), dtype=np.float32)
+    before = model(Tensor(x)).data
+    params = [id(p) for p in model.parameters()]
+    converted = convert_sync_batchnorm(model)
+    assert converted is model and type(model[1]) is SyncBatchNorm and not model[1].training
+    assert [id(p) for p in model.parameters()] == params
+    assert model[1].running_mean is bn.running_mean
+    np.testing.assert_array_equal(model(Tensor(x)).data, before)   # eval mode: no MPI needed
+    assert type(convert_sync_batchnorm(nn.BatchNorm2d(2))) is SyncBatchNorm
