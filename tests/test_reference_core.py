@@ -159,3 +159,24 @@ def test_import_changes_nothing_in_the_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split() == ["True", "PASSIVE"]
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
+@pytest.mark.parametrize("layer", ["conv", "maxpool", "avgpool", "global", "flatten", "bn_eval", "bn_fused",
+                                   "groupnorm", "instancenorm", "layernorm", "relu", "linear"])
+def test_an_empty_batch_gives_an_empty_output_and_gradient(layer, reference):
+    """N = 0 flows through every layer as in PyTorch (it used to fail with 'cannot reshape
+    array of size 0' in flatten, pooling, group norm and conv's reference)."""
+    make = {"conv": lambda: nn.Conv2d(3, 4, 3, padding=1), "maxpool": lambda: nn.MaxPool2d(2),
+            "avgpool": lambda: nn.AvgPool2d(2), "global": lambda: nn.GlobalAvgPool2d(),
+            "flatten": lambda: nn.Flatten(), "bn_eval": lambda: nn.BatchNorm2d(3).eval(),
+            "bn_fused": lambda: nn.fuse(nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.ReLU())).eval(),
+            "groupnorm": lambda: nn.GroupNorm(1, 3), "instancenorm": lambda: nn.InstanceNorm2d(3),
+            "layernorm": lambda: nn.LayerNorm((3, 8, 8)), "relu": lambda: nn.ReLU(),
+            "linear": lambda: nn.Sequential(nn.Flatten(), nn.Linear(192, 2))}[layer]()
+    x = tensor(np.zeros((0, 3, 8, 8), np.float32), requires_grad=True)
+    with minicnn.reference_mode(reference):
+        y = make(x)
+        assert y.shape[0] == 0
+        y.backward(np.zeros(y.shape, np.float32))
+    assert x.grad.shape == x.shape

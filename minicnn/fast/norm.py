@@ -147,7 +147,7 @@ class ChannelNorm(Function):
             L = rows.shape[0]
         else:
             grid = (N, groups, K)
-            rows = np.ascontiguousarray(x).reshape(N * C, -1)
+            rows = np.ascontiguousarray(x).reshape(N * C, int(np.prod(x.shape[2:])))
             L = rows.shape[1]
         if stats is None:
             axes = (0, 2) if over_batch else (2,)

@@ -78,7 +78,8 @@ class MaxPool2d(Function):
             parallel_slices(N, lambda s: K.max_pool_2x2_nhwc_backward(gh[s], argmax[s], gx[s]))
             return gx.transpose(0, 3, 1, 2)
         gx = np.empty((N * C, H * W), gy.dtype)
-        gy, argmax = np.ascontiguousarray(gy).reshape(N * C, -1), argmax.reshape(N * C, -1)
+        L = gy.shape[2] * gy.shape[3]
+        gy, argmax = np.ascontiguousarray(gy).reshape(N * C, L), argmax.reshape(N * C, L)
         parallel_slices(N * C, lambda s: K.max_pool_backward(gy[s], argmax[s], gx[s]))
         return gx.reshape(ctx.x_shape)
 

@@ -34,6 +34,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..tensor import Function
 from . import dispatch
+from .checks import check_dtypes
 from .util import raw
 
 _FLOATS = (np.float32, np.float64)
@@ -99,7 +100,7 @@ class Conv2d(Function):
         O, Cg, kh, kw = w.shape
         g = groups
         cols = im2col(x, (kh, kw), stride, padding, dilation, out_hw)
-        cols = cols.reshape(N, g, Cg * kh * kw, -1)          # (N, g, K, L): group-major channels
+        cols = cols.reshape(N, g, Cg * kh * kw, out_hw[0] * out_hw[1])   # (N, g, K, L): group-major channels
         w_g = w.reshape(g, O // g, Cg * kh * kw)              # (g, O/g, K)
         y = np.matmul(w_g, cols)                              # (N, g, O/g, L), one product per (n, group)
         y = y.reshape(N, O, *out_hw)
@@ -213,9 +214,7 @@ def conv_geometry(x, weight, bias, stride, padding, dilation, groups, layer="con
     if Cg * groups != C:
         raise ValueError(f"{layer}: input {tuple(x.shape)} has {C} channels, weight {tuple(weight.shape)} "
                          f"with groups={groups} expects {Cg * groups}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != x.dtype:
-            raise TypeError(f"{layer}: {name} dtype {t.dtype} differs from input dtype {x.dtype}")
+    check_dtypes(layer, x, weight=weight, bias=bias)
     if bias is not None and tuple(bias.shape) != (O,):
         raise ValueError(f"{layer}: bias must have shape ({O},), got {tuple(bias.shape)}")
     stride = as_pair(stride, "stride", layer, 1)

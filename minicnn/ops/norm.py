@@ -154,7 +154,7 @@ class GroupNorm(_Norm):
 
     @staticmethod
     def forward(ctx, x, weight, bias, num_groups, eps=1e-5):
-        stat_shape = (x.shape[0], num_groups, -1)               # (N, G, C/G · prod(*))
+        stat_shape = (x.shape[0], num_groups, int(np.prod(x.shape[1:])) // num_groups)   # (N, G, C/G · prod(*))
         mean, var = moments(x.reshape(stat_shape), (2,))
         return _Norm._affine(ctx, x, weight, bias, mean, var, eps, stat_shape, (2,), _channel_shape(x))
 
@@ -233,7 +233,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     _check_shape("instance_norm", "weight", weight, (C,))
     _check_shape("instance_norm", "bias", bias, (C,))
     if use_input_stats:
-        if input.size // max(input.shape[0] * C, 1) <= 1:
+        if int(np.prod(input.shape[2:])) <= 1:
             raise ValueError(f"instance_norm: expected more than 1 spatial element per channel, "
                              f"got input shape {tuple(input.shape)}")
     elif running_mean is None:

@@ -41,7 +41,7 @@ class MaxPool2d(Function):
             for ow in range(out_hw[1]):
                 window = x[:, :, hlo[oh]:hhi[oh], wlo[ow]:whi[ow]]
                 width = window.shape[3]
-                flat = window.reshape(N, C, -1)                # row-major order within the window
+                flat = window.reshape(N, C, window.shape[2] * width)   # row-major order within the window
                 k = flat.argmax(axis=2)                        # the first maximum
                 y[:, :, oh, ow] = np.take_along_axis(flat, k[:, :, None], axis=2)[:, :, 0]
                 argmax[:, :, oh, ow] = (hlo[oh] + k // width) * W + wlo[ow] + k % width
@@ -56,7 +56,8 @@ class MaxPool2d(Function):
         gx = np.zeros((N * C, H * W), gy.dtype)
         planes = np.arange(N * C)[:, None]                     # (N·C, 1) row of each plane
         # add.at, not gx[...] += ...: overlapping windows may share an argmax and must add up.
-        np.add.at(gx, (planes, argmax.reshape(N * C, -1)), gy.reshape(N * C, -1))
+        L = gy.shape[2] * gy.shape[3]
+        np.add.at(gx, (planes, argmax.reshape(N * C, L)), gy.reshape(N * C, L))
         return gx.reshape(N, C, H, W)
 
 

@@ -114,7 +114,7 @@ def transpose(x, *axes):
 def flatten(x, start_dim=0, end_dim=-1):
     """Merge axes start_dim..end_dim into one (``Flatten`` uses start_dim=1)."""
     s, e = normalize_axes(start_dim, x.ndim)[0], normalize_axes(end_dim, x.ndim)[0]
-    return reshape(x, x.shape[:s] + (-1,) + x.shape[e + 1:])
+    return reshape(x, x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:])
 
 
 def squeeze(x, axis=None):
