@@ -21,8 +21,7 @@ class Linear(ReferenceLinear):
         x2 = x.reshape(-1, x.shape[-1])
         if x2.shape[0] * w.size >= MIN_PARALLEL and w.shape[0] >= 2:
             # Halves of the output features on two workers, each a single-threaded GEMM
-            # (Fashion-MNIST CNN's 3136->128, batch 64: 0.67 -> 0.43 ms; halves of the
-            # batch instead, each reading all of W: 0.53 ms).
+            # (halves of the batch read all of W twice: docs/performance.md, "Linear layers").
             halves = (slice(0, w.shape[0] // 2), slice(w.shape[0] // 2, None))
             parts = [None, None]
 
@@ -48,9 +47,7 @@ class Linear(ReferenceLinear):
             grads[wanted[k]] = products[wanted[k]]()
 
         # BLAS runs single-threaded (see minicnn.fast.runtime), so large dx and dW GEMMs run
-        # on two workers side by side.  Splitting one GEMM into row or column slices was
-        # slower at the Fashion-MNIST CNN's 3136->128 (batch 64): 0.52 -> 0.58-0.65 ms for
-        # dW; side by side, dx + dW took 1.17 -> 0.88 ms.
+        # on two workers side by side, which beat slicing one GEMM (docs/performance.md).
         if g2.shape[0] * w.size >= MIN_PARALLEL:
             parallel_for(len(wanted), task)
         else:

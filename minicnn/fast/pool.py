@@ -31,8 +31,8 @@ from .kernels.reduce import column_sums
 from .layout import channels_last, nhwc
 from .runtime import parallel_slices
 
-# Elements per worker task at least, for the global pool's light passes: one pass over
-# 2^19 float32 takes ~50 µs, about what handing tasks to the worker threads costs.
+# Elements per worker task at least, for the global pool's light passes: about what
+# handing a task to the worker threads costs (docs/performance.md, "Pooling").
 _MIN_POOL_ELEMENTS = 1 << 19
 
 

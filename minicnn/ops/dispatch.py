@@ -5,10 +5,10 @@ specification every faster implementation is tested against.  ``minicnn.fast``
 registers, per op, a *chooser* that picks one of its routes for a call's geometry;
 the op asks :func:`implementation` which Function to run:
 
-* inside ``with minicnn.reference_mode():`` (per thread), or with the environment
-  variable ``MINICNN_REFERENCE=1``, always the reference;
 * with ``route="reference"`` the reference, with ``route=NAME`` that route (an error
-  if it does not exist or cannot run the geometry);
+  if it does not exist or cannot run the geometry): an explicit route wins;
+* otherwise, inside ``with minicnn.reference_mode():`` (per thread), or with the
+  environment variable ``MINICNN_REFERENCE=1``, the reference;
 * otherwise the chooser's pick, or the reference when no chooser is registered.
 
 All routes compute the same function; results differ only by float rounding.
