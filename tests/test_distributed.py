@@ -95,13 +95,15 @@ def _steps(model, optimizer, loader, steps=10):
     return model.state_dict()
 
 
-def _equal_steps(dist, make, optim, sync_bn, batch=8):
+def _equal_steps(dist, make, optim, sync_bn, batch=8, fused=False):
     """Relative difference of 10 steps on 2 ranks (batch/2 each) from 1 rank (batch), on rank 0."""
     data = _data()
     minicnn.manual_seed(1)
     model = make()
     if sync_bn:
         model = dist.convert_sync_batchnorm(model)
+    if fused:
+        model = nn.fuse(model)
     opt = dist.DistributedOptimizer(optim(model.parameters()))
     dist.broadcast_parameters(model)
     sampler = dist.DistributedSampler(len(data[1]), seed=5)
@@ -181,7 +183,8 @@ def _checks(out):
     results = {"size": dist.size(), "threads": os.environ.get("MINICNN_NUM_THREADS"),
                "sgd": _equal_steps(dist, Plain, sgd, False), "adam": _equal_steps(dist, Plain, adam, False),
                "sgd_syncbn": _equal_steps(dist, Normed, sgd, True),
-               "adam_syncbn": _equal_steps(dist, Normed, adam, True)}
+               "adam_syncbn": _equal_steps(dist, Normed, adam, True),
+               "sgd_syncbn_fused": _equal_steps(dist, Normed, sgd, True, fused=True)}
     results["trainer"] = _trainer_checks(dist, folder)
     everyone = dist.world().gather(results)
     if dist.rank() == 0:
@@ -247,6 +250,13 @@ def test_two_ranks_half_batch_equal_one_rank_full_batch(results, case):
     assert r["relative"] <= TOLERANCE, r
     assert r["calls"] == 10            # one bucket: one Allreduce per step, not one per tensor
     assert r["converted"] == (2 if case.endswith("syncbn") else 0)
+
+
+@pytest.mark.xfail(strict=True, reason="nn.fuse runs a SyncBatchNorm through its own batch-norm kernel, "
+                   "which sees one rank's statistics (reported to the lead: fusion.py should leave "
+                   "subclasses that override forward alone)")
+def test_fused_model_with_sync_batchnorm(results):
+    assert results[0]["sgd_syncbn_fused"]["relative"] <= TOLERANCE
 
 
 def test_trainer_on_two_ranks_equals_one_rank(results):
