@@ -251,3 +251,13 @@ def test_a_resume_that_does_not_fit_changes_nothing(tmp_path, edit, match):
                 resume_from=tmp_path / "state.npz")
     assert all(np.array_equal(a, b) for a, b in zip(net.state_dict().values(), before.values()))
     assert opt.param_groups[0]["lr"] == 0.5 and opt.state == {}
+
+
+def test_fortran_order_big_endian_and_empty_arrays_round_trip(tmp_path):
+    tree = {"f": np.asfortranarray(np.arange(24.0).reshape(2, 3, 4)), "be": np.arange(5, dtype=">i4"),
+            "empty": np.zeros((0, 3), np.float32), "s": np.array(["héllo", "x"])}
+    back = load_state(save_state(tmp_path / "t.npz", tree))
+    for k, v in tree.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+        assert back[k].flags.writeable
+    assert back["f"].flags.f_contiguous

@@ -34,6 +34,7 @@ changes.  Anything wrong raises :class:`CheckpointError` (a
 and the field; past the memory bound, :class:`~minicnn.errors.LimitExceededError`.
 """
 import json
+import math
 import os
 import re
 import tempfile
@@ -56,6 +57,7 @@ VERSION = 1
 _META = "__meta__"
 EXPANSION = 4          # default bound on the bytes read, as a multiple of the file's size
 _MAX_DEPTH = 100       # metadata nesting; minicnn's own trees are a few levels deep
+_CHUNK = 1 << 18       # bytes read at a time (numpy's own read_array uses the same)
 _TEMP_TAIL = re.compile(r"[a-z0-9_]{8}\.tmp")   # tempfile.mkstemp's 8 random characters
 
 
@@ -124,7 +126,10 @@ def save_state(path, tree, kind="state"):
             np.savez(f, **members)
             f.flush()
             os.fsync(f.fileno())
-            os.replace(tmp, path)   # before the lock goes with the file
+            if fcntl is not None:
+                os.replace(tmp, path)   # while locked: a cleaner cannot take the finished file first
+        if fcntl is None:
+            os.replace(tmp, path)   # Windows renames only closed files
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -191,9 +196,9 @@ def _fsync_dir(folder):
 
 
 def _read_arrays(path, max_bytes):
-    """Every member of the .npz at ``path``.  Before anything is allocated, each member's
-    .npy header must ask for exactly the bytes the zip declares for it, and all of them
-    together for at most ``max_bytes``."""
+    """Every member of the .npz at ``path``.  Their sizes as the zip declares them must add
+    up to at most ``max_bytes``, and each member's .npy header must ask for exactly its
+    declared bytes before its array is allocated."""
     budget = EXPANSION * path.stat().st_size if max_bytes is None else max_bytes
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
@@ -202,29 +207,39 @@ def _read_arrays(path, max_bytes):
             allowed = "max_bytes" if max_bytes is not None else f"{EXPANSION}x the file's size"
             raise LimitExceededError(f"its arrays take {total} bytes, more than the {budget} allowed "
                                      f"({allowed}); pass a larger max_bytes= to read it", path)
-        for info in infos:
-            with zf.open(info) as f:
-                _check_header(f, info)
         arrays = {}
         for info in infos:
-            with zf.open(info) as f:   # reading every byte checks the member's CRC
-                array = np.lib.format.read_array(f, allow_pickle=False)
-            arrays[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = array
+            with zf.open(info) as f:
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                arrays[name] = _read_member(f, info)
     return arrays
 
 
-def _check_header(f, info):
+def _read_member(f, info):
+    """The array of the .npy member ``f``, read in chunks straight into its buffer
+    (reading every byte checks the member's CRC)."""
     version = np.lib.format.read_magic(f)
     if version not in ((1, 0), (2, 0)):
         raise ValueError(f"member {info.filename!r} has .npy version {version}")
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(f)
+    shape, fortran, dtype = read_header(f)
     if dtype.hasobject:
         raise ValueError(f"member {info.filename!r} holds Python objects")
-    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
     if nbytes != info.file_size - f.tell():
         raise ValueError(f"member {info.filename!r}: its header asks for {nbytes} bytes, "
                          f"the zip holds {info.file_size - f.tell()}")
+    array = np.empty(count, dtype)
+    raw = array.view(np.uint8) if nbytes else np.empty(0, np.uint8)
+    done = 0
+    while done < nbytes:
+        chunk = f.read(min(_CHUNK, nbytes - done))
+        if not chunk:
+            raise ValueError(f"member {info.filename!r} ends after {done} of {nbytes} bytes")
+        raw[done:done + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        done += len(chunk)
+    return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
 
 
 def load_state(path, kind=None, max_bytes=None):
