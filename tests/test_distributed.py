@@ -252,10 +252,8 @@ def test_two_ranks_half_batch_equal_one_rank_full_batch(results, case):
     assert r["converted"] == (2 if case.endswith("syncbn") else 0)
 
 
-@pytest.mark.xfail(strict=True, reason="nn.fuse runs a SyncBatchNorm through its own batch-norm kernel, "
-                   "which sees one rank's statistics (reported to the lead: fusion.py should leave "
-                   "subclasses that override forward alone)")
 def test_fused_model_with_sync_batchnorm(results):
+    """nn.fuse leaves a SyncBatchNorm to its own forward (statistics over all ranks)."""
     assert results[0]["sgd_syncbn_fused"]["relative"] <= TOLERANCE
 
 

@@ -53,19 +53,26 @@ def is_fused(module):
     return isinstance(module, FusedSequential) or "forward" in module.__dict__
 
 
+def _plain_bn(m):
+    """True for a batch norm that computes what BatchNorm.forward does (not a subclass with
+    a forward of its own, e.g. SyncBatchNorm's statistics over all ranks) and has no hooks."""
+    return isinstance(m, BatchNorm) and type(m).forward is BatchNorm.forward and not m._forward_hooks
+
+
 def _folds_into(conv, bn, *inputs):
     """True if ``conv_bn(conv, bn, *inputs)`` runs as the convolution's inference epilogue:
-    running statistics, no forward hooks, and no gradient wanted for any of its tensors."""
+    running statistics, a plain batch norm, no forward hooks, and no gradient wanted for
+    any of its tensors."""
     tensors = (conv.weight, conv.bias, bn.weight, bn.bias) + inputs
     wants_grad = is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
-    return not (bn.training or not bn.track_running_stats or wants_grad or conv._forward_hooks
-                or bn._forward_hooks)
+    return _plain_bn(bn) and not (bn.training or not bn.track_running_stats or wants_grad or conv._forward_hooks)
 
 
 def bn_act(bn, x, residual=None, relu=False):
     """relu(bn(x) + residual) (either part optional) in one pass over the activation
-    (``minicnn.fast.batch_norm_fused``).  With forward hooks on ``bn`` it runs as written."""
-    if bn._forward_hooks:
+    (``minicnn.fast.batch_norm_fused``).  With forward hooks on ``bn``, or a batch norm with
+    a forward of its own (SyncBatchNorm), it runs as written."""
+    if not _plain_bn(bn):
         y = bn(x)
         y = y if residual is None else y + residual
         return ops.relu(y) if relu else y
@@ -111,7 +118,7 @@ class FusedSequential(Sequential):
         layers, runs, i = list(self), [], 0
         while i < len(layers):
             a, b, c = (layers[i:i + 3] + [None, None])[:3]
-            if type(a) is Conv2d and isinstance(b, BatchNorm):
+            if type(a) is Conv2d and _plain_bn(b):
                 n = 3 if type(c) in (ReLU, ReLU6) else 2
                 runs.append((i, i + n - 1, "conv+bn" + ("+" + type(c).__name__.lower() if n == 3 else "")
                              + " (eval: one conv with epilogue; train: bn+relu one pass)"))
@@ -152,8 +159,7 @@ class FusedSequential(Sequential):
 
 def _relu_fuses(norm, act):
     """True if ``norm`` then ``act`` may run as one fused batch norm + ReLU."""
-    return (isinstance(norm, BatchNorm) and type(act) is ReLU
-            and not norm._forward_hooks and not act._forward_hooks)
+    return _plain_bn(norm) and type(act) is ReLU and not act._forward_hooks
 
 
 def _pool_commutes(act, pool):
