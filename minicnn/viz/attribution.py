@@ -44,7 +44,11 @@ def plot_attributions(images, maps, path, row_labels=None, alpha=0.55, cmap="jet
         if np.shape(m) != pics.shape[:3]:
             raise ValueError(f"map {title!r} has shape {np.shape(m)}; expected {pics.shape[:3]} (one per image)")
     cols = 1 + len(maps)
-    fig = Figure(figsize=(1.7 * cols + 0.4, 1.7 * n + 0.9), layout="constrained")
+    width, height = 1.7 * cols + 0.4, 1.7 * n + 1.0
+    fig = Figure(figsize=(width, height))
+    # margins in inches, placed by hand (a layout engine is slow on many panels)
+    fig.subplots_adjust(left=0.35 / width, right=1 - 0.1 / width, bottom=0.85 / height, top=1 - 0.3 / height,
+                        wspace=0.06, hspace=0.06)
     axes = np.array(fig.subplots(n, cols, squeeze=False))
     grey = pics.mean(axis=-1) if pics.ndim == 4 else pics
     for i in range(n):
@@ -62,5 +66,9 @@ def plot_attributions(images, maps, path, row_labels=None, alpha=0.55, cmap="jet
         ax.set_xticks([])
         ax.set_yticks([])
     for j in range(1, cols):
-        fig.colorbar(im, ax=axes[:, j], location="bottom", shrink=0.8, label="relative attribution")
+        box = axes[-1, j].get_position()
+        bar = fig.add_axes((box.x0 + 0.1 * box.width, 0.35 / height, 0.8 * box.width, 0.12 / height))
+        fig.colorbar(im, cax=bar, orientation="horizontal")
+        bar.tick_params(labelsize=7)
+        bar.set_xlabel("relative attribution", fontsize=7)
     return _save(fig, path, dpi)

@@ -79,7 +79,12 @@ def plot_filters(layer, path, max_filters=32, max_inputs=8, dpi=100):
     else:
         cols, rows = min(I, max_inputs), O
         cells = [(o, i) for o in range(O) for i in range(cols)]
-    fig = Figure(figsize=(0.9 * cols + 1.4, 0.9 * rows + 0.8), layout="constrained")
+    width, height = 0.9 * cols + 1.4, 0.9 * rows + 0.9
+    fig = Figure(figsize=(width, height))
+    # margins in inches, placed by hand: a layout engine takes minutes on a 32 x 8 grid
+    fig.subplots_adjust(left=0.4 / width, right=1 - (0.1 if I == 3 else 1.0) / width, bottom=0.1 / height,
+                        top=1 - 0.7 / height,
+                        wspace=0.15, hspace=0.15)
     shared = None
     for k, (o, i) in enumerate(cells):
         ax = fig.add_subplot(rows, cols, k + 1)
@@ -97,10 +102,11 @@ def plot_filters(layer, path, max_filters=32, max_inputs=8, dpi=100):
             ax.set_title(f"in {i}", fontsize=7)
     title = f"filters {tuple(full.shape)} (out, in, kh, kw)"
     if shared is not None:
-        fig.colorbar(shared, ax=fig.axes, shrink=0.6, label="weight")
+        bar = fig.add_axes((1 - 0.8 / width, 0.2, 0.15 / width, 0.6))
+        fig.colorbar(shared, cax=bar, label="weight")
     else:  # a colour bar cannot serve tiles scaled one by one
         title += "\neach RGB filter min-max scaled on its own"
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
     return _save(fig, path, dpi)
 
 
@@ -115,19 +121,21 @@ def plot_feature_maps(model, image, path, max_channels=8, kinds=None, dpi=100):
     if not maps:
         raise ValueError("plot_feature_maps: the model has no layer of the requested kind producing (N, C, H, W)")
     cols = min(max_channels, max(m.shape[0] for _, m in maps))
-    fig = Figure(figsize=(1.2 * cols + 2.0, 1.3 * len(maps) + 0.3), layout="constrained")
+    width, height = 1.2 * cols + 2.0, 1.3 * len(maps) + 0.3
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.9 / width, bottom=0.15 / height, top=1 - 0.15 / height,
+                        wspace=0.08, hspace=0.15)
     for r, (name, fmap) in enumerate(maps):
         shown = fmap[:cols]
-        row = []
         for k in range(len(shown)):
             ax = fig.add_subplot(len(maps), cols, r * cols + k + 1)
             im = ax.imshow(shown[k], cmap="viridis", vmin=shown.min(), vmax=shown.max(), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            row.append(ax)
             if k == 0:
                 ax.set_ylabel(f"{name}\n{fmap.shape[0]}×{fmap.shape[1]}×{fmap.shape[2]}", fontsize=7)
-        fig.colorbar(im, ax=row, shrink=0.9, pad=0.01)
+        box = fig.axes[-1].get_position()
+        fig.colorbar(im, cax=fig.add_axes((1 - 0.8 / width, box.y0, 0.12 / width, box.height)))
     return _save(fig, path, dpi)
 
 
