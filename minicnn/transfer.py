@@ -5,8 +5,8 @@ The usual recipe, and the tools here for each step::
     net = efficientnet_lite0(pretrained=True, num_classes=0)
     model = TransferModel(net.stages(), classifier_head(1280, 5))   # new head
     model.freeze_backbone()                      # 1. train the head only ...
-    prefix, rest = model.split()                 #    ... on features computed once:
-    f_train = extract_features(prefix, train, transform=tf)          # (N, 1280, 1, 1)
+    prefix, rest = model.split()                 #    ... on features computed once,
+    f_train = extract_features(prefix, train)    #    scaled as the backbone expects: (N, 1280, 7, 7)
     fit(rest, (f_train, y_train), optimizer=Adam(rest.parameters()), epochs=20)
     model.unfreeze_top(2)                        # 2. fine-tune the top stages, slower
     opt = Adam(model.param_groups(lr=1e-3, backbone_lr=1e-4))
@@ -32,7 +32,7 @@ from . import nn
 from .nn.dropout import _DropoutBase
 from .nn.norm import BatchNorm
 from .train.callbacks import Callback
-from .train.loop import predict
+from .train.predict import MODEL_TRANSFORM, predict
 
 __all__ = ["freeze", "unfreeze", "parameter_counts", "classifier_head", "TransferModel",
            "extract_features", "GradualUnfreezing"]
@@ -127,15 +127,22 @@ class TransferModel(nn.Module):
     bn_eval: 'frozen' (default): BatchNorm layers whose parameters are all frozen stay in
         eval mode through ``train()``; 'all': every BatchNorm of the backbone does, also
         when it is fine-tuned (what Keras advises for small datasets).
+    preprocess: the input convention (:class:`~minicnn.data.Preprocess`); default the
+        backbone's (``net.stages()`` carries the pretrained model's), so ``predict`` and
+        :func:`extract_features` scale images as the backbone was trained.
+    classes: output names for ``predict_image`` (e.g. an ImageFolder's ``classes``).
     """
 
-    def __init__(self, backbone, head, bn_eval="frozen"):
+    def __init__(self, backbone, head, bn_eval="frozen", preprocess=MODEL_TRANSFORM, classes=None):
         super().__init__()
         if bn_eval not in ("frozen", "all"):
             raise ValueError(f"bn_eval must be 'frozen' or 'all', got {bn_eval!r}")
         self.backbone = _as_sequential(backbone, "backbone")
         self.head = head if isinstance(head, nn.Module) else _as_sequential(head, "head")
         self.bn_eval = bn_eval
+        if preprocess == MODEL_TRANSFORM:
+            preprocess = getattr(self.backbone, "preprocess", None)
+        self.preprocess, self.classes = preprocess, None if classes is None else list(classes)
 
     def forward(self, x):
         return self.head(self.backbone(x))
@@ -191,6 +198,8 @@ class TransferModel(nn.Module):
         trainable parameter, no dropout, BatchNorm frozen); a trailing Flatten stays in
         ``rest`` so that the cached arrays are (N, C, H, W) maps, as DataLoader takes them
         (a pooled map is (N, C, 1, 1)).  Call again after (un)freezing.
+        The model's ``preprocess`` goes with the images: to the prefix (to ``rest`` when the
+        prefix is empty); ``rest`` keeps the ``classes``.
         """
         layers, stages = self._layers(), len(self.backbone)
         k = 0
@@ -200,15 +209,19 @@ class TransferModel(nn.Module):
             k -= 1
         rest_head = layers[max(k, stages):]
         head = self.head if k <= stages else nn.Sequential(*rest_head)
-        return nn.Sequential(*layers[:k]), TransferModel(layers[k:stages], head, self.bn_eval)
+        prefix = nn.Sequential(*layers[:k])
+        prefix.preprocess = self.preprocess
+        return prefix, TransferModel(layers[k:stages], head, self.bn_eval,
+                                     preprocess=None if k else self.preprocess, classes=self.classes)
 
 
-def extract_features(module, data, batch_size=64, transform=None):
+def extract_features(module, data, batch_size=64, transform=MODEL_TRANSFORM):
     """``module``'s outputs for every image of ``data``, in eval mode without a graph.
 
-    data: images (N, C, H, W), an (images, labels) pair or a dataset; ``transform`` (no
-    augmentation) is applied per batch first, uint8 is scaled to [0, 1] when it leaves
-    uint8.  Returns float32 (N, ...) outputs in order (the images themselves, transformed,
+    data: images (N, C, H, W), an (images, labels) pair or a dataset.  transform (no
+    augmentation) is applied per batch first: ``'model'`` (default) is the module's own
+    ``preprocess`` (the prefix of :meth:`TransferModel.split` carries the backbone's), None
+    none (uint8 is then scaled to [0, 1]), or any batch transform.  Returns float32 (N, ...) outputs in order (the images themselves, transformed,
     for an empty ``module``).  Computing frozen features once replaces recomputing them
     every epoch: see :meth:`TransferModel.split`.
     """

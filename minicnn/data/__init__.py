@@ -13,7 +13,8 @@ from .fashion_mnist import FashionMNIST
 from .image import load_image
 from .image_folder import ImageFolder
 from .loader import DataLoader, train_val_split
+from .preprocess import Preprocess
 
 __all__ = ["ArrayDataset", "CIFAR10", "DataLoader", "DownloadError", "FashionMNIST",
-           "ImageFolder", "UnsafeArchiveError", "data_root", "download", "extract_archive",
+           "ImageFolder", "Preprocess", "UnsafeArchiveError", "data_root", "download", "extract_archive",
            "load_image", "train_val_split", "transforms"]

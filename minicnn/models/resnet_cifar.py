@@ -22,7 +22,9 @@ without its ``module.`` prefix (``conv1.weight``, ``layer2.0.bn1.running_mean``,
 ``linear.bias``, ...), so its checkpoints load with renames only.  Init as
 there: Kaiming normal for conv and linear weights; zero linear bias, BatchNorm
 weight 1 and bias 0.  Parameters: 269,722 / 464,154 / 658,586 / 853,018.
-``pretrained=PATH`` loads akamaster's checkpoint (see ``minicnn.models.pretrained``).
+``pretrained=PATH`` loads akamaster's checkpoint (see ``minicnn.models.pretrained``); the
+model then carries its input convention and the CIFAR-10 names (``model.preprocess``,
+``model.classes``; None without pretrained weights).
 """
 from .. import nn, ops
 from .pretrained import load_cifar_resnet
@@ -94,6 +96,7 @@ class ResNetCIFAR(nn.Module):
                 in_planes = planes
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.linear = nn.Linear(64, num_classes)
+        self.preprocess, self.classes = None, None
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)

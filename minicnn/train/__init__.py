@@ -2,7 +2,8 @@
 from .callbacks import (Callback, CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
                         ReduceLROnPlateau, TerminateOnNaN)
 from .history import History
-from .loop import Trainer, evaluate, fit, predict
+from .loop import Trainer, evaluate, fit
+from .predict import predict, predict_image
 from .metrics import (accuracy, classification_report, confusion_matrix, precision_recall_f1,
                       top_k_accuracy)
 from .summary import summary

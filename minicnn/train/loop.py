@@ -1,4 +1,4 @@
-"""fit / evaluate / predict: the training loop.
+"""fit / evaluate: the training loop (predict: :mod:`minicnn.train.predict`).
 
 One training step on a batch (x, y):
 
@@ -180,16 +180,6 @@ def evaluate(model, data, loss=cross_entropy, metrics=None, batch_size=EVAL_BATC
     """
     loader = as_loader(data, batch_size, transform=transform, train=False)
     return _run_eval(model, loader, loss, _check_metrics(metrics))
-
-
-def predict(model, data, batch_size=EVAL_BATCH_SIZE, transform=None):
-    """Model outputs (N, ...) for every image of ``data``, in order, batched, in eval mode."""
-    loader = as_loader(data, batch_size, transform=transform, train=False)
-    outs = []
-    with _EvalMode(model):
-        for x, _ in loader:
-            outs.append(model(Tensor(x)).data)
-    return np.concatenate(outs)
 
 
 def _seed(seed):
