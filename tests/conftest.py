@@ -4,6 +4,10 @@ Hypothesis profile "minicnn" (the default): no deadline, because the first call
 of a Numba kernel compiles it, and few examples, because the whole suite must
 stay fast on 2 cores.  ``HYPOTHESIS_PROFILE=thorough pytest`` explores more.
 
+The convolution routes come from the static table (``MINICNN_AUTOTUNE=0``), not from
+timings, so that every run picks the same routes, at no timing cost; tests/test_autotune.py
+turns autotuning on where it is tested (``MINICNN_AUTOTUNE=1 pytest`` runs all with it).
+
 Fixtures:
 * ``torch``: the torch module in float64-friendly, single-threaded form, or a
   clean skip when torch is not installed (it is a reference, never a dependency).
@@ -22,6 +26,7 @@ settings.register_profile("minicnn", deadline=None, max_examples=20,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", parent=settings.get_profile("minicnn"), max_examples=300)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minicnn"))
+os.environ.setdefault("MINICNN_AUTOTUNE", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -183,6 +183,7 @@ class ConvGeometry(NamedTuple):
     groups: int
     out_hw: tuple
     has_bias: bool
+    channels_last: bool = False     # the input's memory is NHWC (routes that read NHWC skip a copy)
 
     @property
     def options(self):
@@ -196,7 +197,8 @@ class ConvGeometry(NamedTuple):
 
     def describe(self):
         return (f"input {self.x_shape}, weight {self.w_shape}, stride {self.stride}, padding {self.padding}, "
-                f"dilation {self.dilation}, groups {self.groups}, {self.dtype}")
+                f"dilation {self.dilation}, groups {self.groups}, {self.dtype}"
+                + (", channels-last" if self.channels_last else ""))
 
 
 def conv_geometry(x, weight, bias, stride, padding, dilation, groups, layer="conv2d"):
@@ -229,7 +231,8 @@ def conv_geometry(x, weight, bias, stride, padding, dilation, groups, layer="con
         out.append((size + p0 + p1 - span) // s + 1)
     return ConvGeometry(x_shape=tuple(x.shape), w_shape=tuple(weight.shape), dtype=x.dtype, stride=stride,
                         padding=pads, dilation=dilation, groups=int(groups), out_hw=tuple(out),
-                        has_bias=bias is not None)
+                        has_bias=bias is not None,
+                        channels_last=not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, route=None):

@@ -9,7 +9,9 @@
 
 :data:`ROUTES` is the one table of them.  ``minicnn.ops.conv2d`` asks :func:`choose`
 (registered with ``minicnn.ops.dispatch``) which route runs a geometry: the one forced
-with ``route=NAME``, else :func:`select.choice` among those that apply.
+with ``route=NAME``, else the fastest of those that apply, timed on this machine the
+first time the geometry is met (:mod:`.autotune`), or ``select.choice``'s with
+``MINICNN_AUTOTUNE=0``.  :func:`choices` lists what was chosen and why.
 """
 import numpy as np
 
@@ -17,27 +19,28 @@ from ...ops import dispatch
 from ...ops.conv import Conv2d, conv_geometry
 from ...ops.util import raw
 from ...tensor import Tensor, is_grad_enabled
+from . import autotune
+from .autotune import choices, format_choices
 from .depthwise import Depthwise
 from .im2col import Im2col
 from .im2row import Im2row
 from .pointwise import Pointwise
 from .rowtaps import RowTaps
-from .select import choice
 from .winograd import Winograd
 
 ROUTES = {r.name: r for r in (Depthwise, Pointwise, Winograd, Im2col, RowTaps, Im2row)}
 
-__all__ = ["ROUTES", "choose", "conv2d_fused"]
+__all__ = ["ROUTES", "choices", "choose", "conv2d_fused", "format_choices"]
 
 
 def choose(g, route=None):
-    """The route class for geometry ``g``: ``route`` if given (it must apply), else the choice."""
-    if route is None:
-        return choice(g, [r for r in ROUTES.values() if r.applies(g)])
-    if not ROUTES[route].applies(g):
+    """The route class for geometry ``g``: ``route`` if given (it must apply), else the
+    fastest measured on this machine, or the static table's with ``MINICNN_AUTOTUNE=0``
+    (:mod:`.autotune`; :func:`choices` lists what was chosen and why)."""
+    if route is not None and not ROUTES[route].applies(g):
         raise ValueError(f"conv2d: route {route!r} cannot run this convolution ({g.describe()}); "
                          f"routes that can: {', '.join(n for n, r in ROUTES.items() if r.applies(g))}")
-    return ROUTES[route]
+    return autotune.pick(g, ROUTES, route)
 
 
 dispatch.register("conv2d", choose, ROUTES)

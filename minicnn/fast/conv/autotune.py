@@ -1,0 +1,322 @@
+"""Autotuning: the convolution route for a geometry, measured on this machine (as cuDNN's
+benchmark mode).
+
+The first time a process meets a convolution geometry (shapes, dtype, stride, padding,
+dilation, groups, bias, input layout) in a grad mode (training: forward and backward are
+timed; ``no_grad``: the forward only) at a thread count, every route that applies runs on
+synthetic arrays of that geometry, one warm-up then the best of :data:`REPEATS`, and the
+fastest runs that geometry from then on.  The static choice (``select.choice``) is timed
+first; once a geometry has spent :data:`BUDGET` seconds the remaining candidates are
+skipped (and never picked), so that big layers cost a bounded time.
+
+Choices are kept on disk, one JSON file per machine (CPU model, BLAS core, thread count,
+minicnn version, route names: :func:`machine`) under ``MINICNN_CACHE_DIR`` or
+``~/.cache/minicnn``, so that later processes on the machine time nothing.  A file that
+cannot be read is ignored and rewritten; writes go to a temporary file renamed over the
+old one, so a concurrent process reads the old file or the new one, never half of one
+(the last writer wins).  ``MINICNN_AUTOTUNE=0`` uses the static table instead.
+
+Timing calls the routes' ``forward``/``backward`` directly with a ``Context`` of its
+own: never ``ops.conv2d`` (no recursion), no graph recorded, the caller's arrays never
+read.  Every route computes the same convolution, so the choice changes results by
+float rounding only.  :func:`choices` lists what was chosen and why.
+"""
+import ctypes
+import functools
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ...tensor import Context, is_grad_enabled
+from ..runtime import loaded_libraries, num_threads
+from .select import choice
+
+BUDGET = 0.3        # seconds of timing per geometry; the candidates left after it are skipped
+REPEATS = 3         # timed runs per candidate, after one warm-up; the fastest counts
+ABANDON = 1.3       # a candidate this many times slower than the best so far stops repeating
+MARGIN = 0.05       # another route replaces the static choice only if this much faster
+FORMAT = 1          # the cache file's layout; files of another format are ignored
+
+
+class Choice(NamedTuple):
+    """One row of :func:`choices`: which route runs a geometry, and why.
+
+    ``source``: 'measured' (timed in this process), 'cache' (timed by an earlier process
+    on this machine), 'static' (``MINICNN_AUTOTUNE=0``: the rules of ``select.py``),
+    'only' (the one route that applies), 'forced' (``route=`` given by the caller).
+    ``timings_ms``: per candidate route, (forward, backward) in ms (backward None when
+    no gradient was wanted), or None if the budget ran out before it; empty unless
+    measured or cached."""
+    geometry: str
+    route: str
+    source: str
+    timings_ms: dict
+    threads: int
+
+
+_chosen = {}                # (geometry, training, threads, how...) -> (route class, Choice), in order met
+_files = {}                 # cache file path -> its choices as read or written by this process
+_lock = threading.Lock()    # one timing at a time; guards _chosen and _files
+
+
+def enabled():
+    """True unless ``MINICNN_AUTOTUNE=0`` asks for the static table."""
+    return os.environ.get("MINICNN_AUTOTUNE", "1").strip() not in ("0", "")
+
+
+def pick(g, routes, forced=None):
+    """The route class of ``routes`` (name -> class) that runs geometry ``g`` in this
+    thread's grad mode: ``routes[forced]`` if given, else autotuned (once per geometry,
+    grad mode and thread count) or, with ``MINICNN_AUTOTUNE=0``, the static choice."""
+    training, threads = is_grad_enabled(), num_threads()
+    if forced is None and enabled():
+        key = (g, training, threads, "auto")
+        hit = _chosen.get(key)
+        if hit is None:
+            with _lock:
+                hit = _chosen.get(key)
+                if hit is None:
+                    hit = _chosen[key] = _tune(g, training, threads, routes)
+        return hit[0]
+    # Forced and static choices cost nothing to make: made on every call (whether a route
+    # applies can change, e.g. the row taps need a CBLAS gemm), recorded once for choices().
+    route, source = (routes[forced], "forced") if forced else _static(g, routes)
+    key = (g, training, threads, source, route.name)
+    if key not in _chosen:
+        with _lock:
+            _chosen.setdefault(key, (route, Choice(describe(g, training), route.name, source, {}, threads)))
+    return route
+
+
+def choices():
+    """What this process chose, one :class:`Choice` per geometry, grad mode, thread count
+    and source (and route, where forced or static), in the order they were met."""
+    return [row for _, row in list(_chosen.values())]
+
+
+def format_choices(rows=None):
+    """:func:`choices` (or ``rows``) as a table of text, one line per row."""
+    rows = choices() if rows is None else rows
+    lines = [f"{'route':<10} {'source':<9} {'threads':>7}  geometry; timings in ms (forward + backward)"]
+    for row in rows:
+        times = ", ".join(f"{name} skipped" if t is None else
+                          f"{name} {t[0]:.3g}" + ("" if t[1] is None else f" + {t[1]:.3g}")
+                          for name, t in row.timings_ms.items())
+        lines.append(f"{row.route:<10} {row.source:<9} {row.threads:>7}  {row.geometry}" + (f"; {times}" if times else ""))
+    return "\n".join(lines)
+
+
+def clear():
+    """Forget this process's choices (the disk cache stays): the next calls decide anew."""
+    with _lock:
+        _chosen.clear()
+        _files.clear()
+
+
+def describe(g, training):
+    """The text of a geometry and grad mode: :class:`Choice`'s ``geometry``, the cache's key."""
+    return f"{g.describe()}, {'bias' if g.has_bias else 'no bias'}, {'training' if training else 'inference'}"
+
+
+def _static(g, routes):
+    """The static choice for ``g`` and why: 'only' if it is the one route that applies."""
+    candidates = [r for r in routes.values() if r.applies(g)]
+    return choice(g, candidates), "only" if len(candidates) == 1 else "static"
+
+
+def _tune(g, training, threads, routes):
+    """(route, Choice) for ``g``: from the cache file, else measured (and then cached)."""
+    text = describe(g, training)
+    row = functools.partial(Choice, text, threads=threads)
+    static, source = _static(g, routes)
+    if source == "only":
+        return static, row(static.name, source, {})
+    candidates = [static] + [r for r in routes.values() if r is not static and r.applies(g)]
+    path = cache_path(threads, tuple(routes))
+    entry = _read(path).get(text)
+    if entry is not None and entry.get("route") in [r.name for r in candidates]:
+        return routes[entry["route"]], row(entry["route"], "cache", _timings(entry.get("timings_ms")))
+    timings = measure(g, training, candidates)
+    total = {name: sum(filter(None, t)) for name, t in timings.items() if t is not None}
+    best = min(total, key=total.get)
+    if total[best] > (1 - MARGIN) * total[static.name]:     # within the noise of timing: keep the static choice
+        best = static.name
+    _write(path, threads, tuple(routes), text, {"route": best, "timings_ms": timings})
+    return routes[best], row(best, "measured", timings)
+
+
+def _timings(saved):
+    """A cache entry's timings as :func:`measure` returns them; {} if malformed."""
+    def pair(t):
+        if t is None:
+            return None
+        f, b = t
+        return float(f), None if b is None else float(b)
+    try:
+        return {str(name): pair(t) for name, t in saved.items()}
+    except (AttributeError, TypeError, ValueError):
+        return {}
+
+
+def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
+    """Time each route of ``candidates`` on synthetic arrays of geometry ``g``:
+    {name: (forward ms, backward ms or None)}, None for the routes that the ``budget``
+    (seconds) left no time for.  The first candidate is always timed in full; a later one
+    stops repeating once its best is :data:`ABANDON` times the best so far (it lost)."""
+    rng = np.random.default_rng(0)
+    N, C, H, W = g.x_shape
+    if g.channels_last:
+        x = rng.standard_normal((N, H, W, C), dtype=g.dtype).transpose(0, 3, 1, 2)
+    else:
+        x = rng.standard_normal((N, C, H, W), dtype=g.dtype)
+    w = rng.standard_normal(g.w_shape, dtype=g.dtype)
+    b = np.zeros(g.w_shape[0], g.dtype) if g.has_bias else None
+    needs = (True, True, g.has_bias) if training else (False, False, False)
+    start, timings, best_total = None, {}, np.inf
+    for route in candidates:
+        if start is not None and time.perf_counter() - start > budget:
+            timings[route.name] = None
+            continue
+        gy = _run(route, g, Context(needs), x, w, b, None)[2]     # warm-up
+        # The budget starts after the first warm-up, which pays for what the first
+        # convolution of a process pays anyway (worker threads, loading compiled kernels).
+        start = time.perf_counter() if start is None else start
+        fwd = bwd = np.inf
+        for _ in range(repeats):
+            f, bw, _ = _run(route, g, Context(needs), x, w, b, gy)
+            fwd, bwd = min(fwd, f), min(bwd, bw)
+            if fwd + bwd > ABANDON * best_total:
+                break
+        best_total = min(best_total, fwd + bwd)
+        timings[route.name] = (round(fwd * 1e3, 4), round(bwd * 1e3, 4) if training else None)
+    return timings
+
+
+def _run(route, g, ctx, x, w, b, gy):
+    """Seconds of ``route``'s forward and (if ``ctx`` wants gradients) backward on (x, w, b),
+    and the output gradient used: ``gy``, or one made from the output, in its memory layout."""
+    t0 = time.perf_counter()
+    y = route.forward(ctx, x, w, b, **g.options)
+    fwd = time.perf_counter() - t0
+    if not any(ctx.needs_input_grad):
+        return fwd, 0.0, gy
+    if gy is None:
+        gy = np.empty_like(y)
+        np.copyto(gy, y)
+    t0 = time.perf_counter()
+    route.backward(ctx, gy)
+    return fwd, time.perf_counter() - t0, gy
+
+
+# ------------------------------------------------------------------ the disk cache
+
+@functools.lru_cache(maxsize=None)
+def cpu_model():
+    """The CPU's model name with its family and model numbers (/proc/cpuinfo; Linux), else
+    what ``platform`` knows: one name can cover several generations in a virtual machine."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "model name" in fields:
+            return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+# OpenBLAS's core name (the kernels it dispatched to at run time) in NumPy's and SciPy's wheels and plain builds.
+_CORENAMES = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+              "openblas_get_corename")
+_CONFIGS = tuple(n.replace("corename", "config") for n in _CORENAMES)
+
+
+@functools.lru_cache(maxsize=None)
+def blas_core():
+    """The BLAS running NumPy's products: OpenBLAS's version and core name (e.g. 'OpenBLAS
+    0.3.31.188.0 SkylakeX') asked through its C API, else the BLAS NumPy was built with."""
+    for path in loaded_libraries("openblas"):
+        lib = ctypes.CDLL(path)
+        for corename, config in zip(_CORENAMES, _CONFIGS):
+            core, conf = getattr(lib, corename, None), getattr(lib, config, None)
+            if core is not None:
+                core.restype = ctypes.c_char_p
+                version = ""
+                if conf is not None:
+                    conf.restype = ctypes.c_char_p
+                    version = " ".join(conf().decode(errors="replace").split()[:2]) + " "
+                return version + core().decode(errors="replace")
+    try:
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        return f"{blas['name']} {blas.get('version', '')}".strip()
+    except (AttributeError, KeyError, TypeError):
+        return "unknown"
+
+
+def machine(threads, routes):
+    """What a cached choice holds for: CPU model, BLAS core, thread count, minicnn version
+    and the route names (a new route makes the old choices stale)."""
+    try:
+        version = metadata.version("minicnn")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"cpu": cpu_model(), "blas": blas_core(), "threads": threads, "minicnn": version,
+            "routes": list(routes)}
+
+
+def cache_dir():
+    """``MINICNN_CACHE_DIR``, else ``~/.cache/minicnn``."""
+    return Path(os.environ.get("MINICNN_CACHE_DIR") or Path.home() / ".cache" / "minicnn")
+
+
+def cache_path(threads, routes):
+    """The cache file of this machine (see :func:`machine`): autotune/conv-<digest>.json."""
+    digest = hashlib.sha256(json.dumps(machine(threads, routes), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "autotune" / f"conv-{digest}.json"
+
+
+def _load(path):
+    """The choices in the cache file at ``path``; {} if absent, unreadable or not ours."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        choices = data["choices"] if data.get("format") == FORMAT else {}
+        return {k: v for k, v in choices.items() if isinstance(k, str) and isinstance(v, dict)}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def _read(path):
+    if path not in _files:
+        _files[path] = _load(path)
+    return _files[path]
+
+
+def _write(path, threads, routes, text, entry):
+    """Add ``entry`` under ``text`` to the cache file, merged with what other processes
+    wrote meanwhile; written to a temporary file renamed over the old one."""
+    merged = {**_load(path), **_read(path), text: entry}
+    _files[path] = merged
+    data = {"format": FORMAT, "machine": machine(threads, routes), "choices": merged}
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=path.name,
+                                         suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        warnings.warn(f"minicnn: cannot write the autotuning cache {path}: {e}; the choices stay in this "
+                      "process only (set MINICNN_CACHE_DIR to a writable directory)", RuntimeWarning, stacklevel=2)
