@@ -147,6 +147,10 @@ class TransferModel(nn.Module):
     def forward(self, x):
         return self.head(self.backbone(x))
 
+    def onnx_forward(self, g, x):
+        """``forward`` spelt for :func:`minicnn.io.export_onnx`."""
+        return g(self.head, g(self.backbone, x))
+
     def train(self, mode=True):
         """Set training mode, except for the BatchNorm layers ``bn_eval`` keeps in eval mode."""
         super().train(mode)

@@ -4,6 +4,7 @@ from minicnn.io.convert import (
     depthwise_hwcm_to_oihw, flatten_nhwc_to_nchw, load_pretrained, rename_key, unwrap_state_dict,
 )
 from minicnn.io.torch_load import UnsafePickleError, check_hash_prefix, load_torch, sha256sum
+from minicnn.io.onnx_export import export_onnx
 from minicnn.io.checkpoint import (
     CheckpointError, load_model, load_state, load_training_state, save_model, save_state, save_training_state,
 )

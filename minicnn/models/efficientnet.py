@@ -71,6 +71,11 @@ class ConvBNAct(nn.Module):
         """``forward`` fused (``nn.fuse``): in inference, BN and ReLU6 run in the convolution's epilogue."""
         return nn.conv_bn(self.conv, self.bn, x, activation="relu6" if self.act else None)
 
+    def onnx_forward(self, g, x):
+        """``forward`` spelt for :func:`minicnn.io.export_onnx`."""
+        y = g(self.bn, g(self.conv, x))
+        return g.relu6(y) if self.act else y
+
     def extra_repr(self):
         return "ReLU6" if self.act else "linear"
 
@@ -94,6 +99,12 @@ class MBConv(nn.Module):
         h = self.expand(x) if "expand" in self._modules else x
         y = self.project(self.depthwise(h))
         return y + x if self.residual else y
+
+    def onnx_forward(self, g, x):
+        """``forward`` spelt for :func:`minicnn.io.export_onnx`."""
+        h = g(self.expand, x) if "expand" in self._modules else x
+        y = g(self.project, g(self.depthwise, h))
+        return g.add(y, x) if self.residual else y
 
 
 class EfficientNetLite(nn.Module):
@@ -140,6 +151,11 @@ class EfficientNetLite(nn.Module):
     def forward(self, x):
         pooled = self.features(x).mean(axis=(2, 3))
         return self.fc(self.dropout(pooled)) if self.num_classes else pooled
+
+    def onnx_forward(self, g, x):
+        """``forward`` spelt for :func:`minicnn.io.export_onnx`."""
+        pooled = g.flatten(g.global_avg_pool(g(self.top, g(self.blocks, g(self.stem, x)))))
+        return g(self.fc, pooled) if self.num_classes else pooled
 
 
 def efficientnet_lite0(pretrained=False, num_classes=1000, weights=None):

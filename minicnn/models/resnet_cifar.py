@@ -45,6 +45,10 @@ class ShortcutA(nn.Module):
     def forward(self, x):
         return ops.pad(x[:, :, ::2, ::2], ((0, 0), (self.pad, self.pad), (0, 0), (0, 0)))
 
+    def onnx_forward(self, g, x):
+        """``forward`` as ONNX Slice and Pad (:func:`minicnn.io.export_onnx`)."""
+        return g.pad(g.slice(x, axes=(2, 3), steps=(2, 2)), ((0, 0), (self.pad, self.pad), (0, 0), (0, 0)))
+
     def extra_repr(self):
         return f"pad={self.pad}"
 
@@ -77,6 +81,11 @@ class BasicBlock(nn.Module):
         """``forward`` with each conv -> BN chain fused (``nn.fuse``)."""
         out = nn.conv_bn(self.conv1, self.bn1, x, activation="relu")
         return nn.conv_bn(self.conv2, self.bn2, out, residual=self.shortcut(x), activation="relu")
+
+    def onnx_forward(self, g, x):
+        """``forward`` spelt for :func:`minicnn.io.export_onnx`."""
+        out = g.relu(g(self.bn1, g(self.conv1, x)))
+        return g.relu(g.add(g(self.bn2, g(self.conv2, out)), g(self.shortcut, x)))
 
 
 class ResNetCIFAR(nn.Module):
@@ -111,6 +120,12 @@ class ResNetCIFAR(nn.Module):
     def head(self, out):
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(ops.adaptive_avg_pool2d(out, 1).flatten(1))
+
+    def onnx_forward(self, g, x):
+        """``forward`` spelt for :func:`minicnn.io.export_onnx`."""
+        out = g.relu(g(self.bn1, g(self.conv1, x)))
+        out = g(self.layer3, g(self.layer2, g(self.layer1, out)))
+        return g(self.linear, g.flatten(g.global_avg_pool(out)))
 
 
 def resnet20(num_classes=10, pretrained=None):
