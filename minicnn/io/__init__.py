@@ -5,6 +5,7 @@ from minicnn.io.convert import (
 )
 from minicnn.io.torch_load import UnsafePickleError, check_hash_prefix, load_torch, sha256sum
 from minicnn.io.onnx_export import export_onnx
+from minicnn.io.safetensors_io import load_safetensors, safetensors_metadata, save_safetensors
 from minicnn.io.checkpoint import (
     CheckpointError, load_model, load_state, load_training_state, save_model, save_state, save_training_state,
 )

@@ -96,7 +96,7 @@ class OnnxGraph:
         """An initializer holding ``array`` (a parameter keeps its state-dict name)."""
         data = array.data if isinstance(array, Tensor) else array
         name = self._fresh(self.array_names.get(id(data), hint))
-        tensor = self.onnx.numpy_helper.from_array(np.ascontiguousarray(np.asarray(data, dtype)), name)
+        tensor = self.onnx.numpy_helper.from_array(np.array(data, dtype, order="C"), name)   # 0-d stays 0-d
         self.initializers.append(tensor)
         return name
 

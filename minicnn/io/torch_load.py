@@ -33,6 +33,7 @@ import zlib
 import numpy as np
 
 from minicnn.errors import FileFormatError, LimitExceededError
+from minicnn.io.safetensors_io import load_safetensors
 from minicnn.io.pickle_vm import Budget, TruncatedPickleError, UnsafePickleError, unpickle
 from minicnn.io.torch_tensor import DTYPES, TensorRecord, find_global, resolve, storage_ref
 
@@ -221,6 +222,7 @@ def load_torch(path, check_hash=False, max_bytes=None):
 
     ``check_hash=True`` first checks the file against the hex digits in its
     name, torch.hub style (``resnet20-12fca82f.th``; see :func:`check_hash_prefix`).
+    A ``.safetensors`` file is read by :func:`~minicnn.io.safetensors_io.load_safetensors`.
 
     The load allocates at most ``max_bytes`` (default ``BUDGET_FACTOR`` x the
     file's size + ``BUDGET_FLOOR``: 4x + 64 MiB), counting storages, their
@@ -239,6 +241,8 @@ def load_torch(path, check_hash=False, max_bytes=None):
     path = os.fspath(path)
     if check_hash:
         check_hash_prefix(path)
+    if path.endswith(".safetensors"):
+        return load_safetensors(path, max_bytes)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         budget = Budget(BUDGET_FACTOR * size + BUDGET_FLOOR if max_bytes is None else max_bytes)

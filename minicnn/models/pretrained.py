@@ -119,8 +119,9 @@ def carry(model, weights, with_classes=True):
 
 def read_weights(path):
     """The state dict stored at ``path``: a torch checkpoint (``.pth``/``.pt``/``.th``, read
-    without torch; a torch.hub-style ``name-<sha256 prefix>.ext`` is checked against its hash)
-    or a minicnn model checkpoint (``.npz``, e.g. from ``python -m minicnn convert``)."""
+    without torch; a torch.hub-style ``name-<sha256 prefix>.ext`` is checked against its hash),
+    a ``.safetensors`` file, or a minicnn model checkpoint (``.npz``, e.g. from
+    ``python -m minicnn convert``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
