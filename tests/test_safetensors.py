@@ -12,6 +12,7 @@ from minicnn.models import resnet20
 from minicnn.optim import SGD
 from minicnn.tensor import Tensor, no_grad
 from minicnn.train import fit
+from test_pretrained import torch_resnet   # akamaster's ResNet in PyTorch, the names minicnn uses
 
 pytest.importorskip("safetensors", reason="the 'safetensors' extra is not installed")
 
@@ -73,48 +74,10 @@ def test_bad_files_are_named_errors(tmp_path, trained):
         save_safetensors(tmp_path / "m.safetensors", trained, metadata={"epoch": 3})
 
 
-def _torch_resnet20(torch):
-    """ResNet-20 written in PyTorch with akamaster's module names (those minicnn uses)."""
-    tnn, F = torch.nn, torch.nn.functional
-
-    class Block(tnn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(cout)
-            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(cout)
-            self.pad = (cout - cin) // 2
-
-        def forward(self, x):
-            out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-            sc = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
-            return F.relu(out + sc)
-
-    class ResNet(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(16)
-            stages, cin = [], 16
-            for cout in (16, 32, 64):
-                stages.append(tnn.Sequential(*[Block(cin if i == 0 else cout, cout, 2 if i == 0 and cout != 16 else 1)
-                                               for i in range(3)]))
-                cin = cout
-            self.layer1, self.layer2, self.layer3 = stages
-            self.linear = tnn.Linear(64, 10)
-
-        def forward(self, x):
-            out = self.layer3(self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x))))))
-            return self.linear(out.mean((2, 3)))
-
-    return ResNet()
-
-
 def test_pytorch_loads_a_minicnn_trained_resnet20(torch, trained, tmp_path):
     st_torch = pytest.importorskip("safetensors.torch")
     path = save_safetensors(tmp_path / "r20.safetensors", trained)
-    twin = _torch_resnet20(torch)
+    twin = torch_resnet(torch, 20)
     twin.load_state_dict(st_torch.load_file(str(path)), strict=True)      # every name, every shape
     twin.eval()
     x = np.random.default_rng(3).standard_normal((4, 3, 32, 32), dtype=np.float32)
@@ -128,7 +91,7 @@ def test_pytorch_loads_a_minicnn_trained_resnet20(torch, trained, tmp_path):
 def test_minicnn_loads_a_pytorch_written_file(torch, tmp_path):
     st_torch = pytest.importorskip("safetensors.torch")
     torch.manual_seed(0)
-    twin = _torch_resnet20(torch)
+    twin = torch_resnet(torch, 20)
     with torch.no_grad():
         for m in twin.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
