@@ -73,6 +73,7 @@ def test_timed_once_per_geometry_and_used(tuned, rng, tmp_path):
     np.testing.assert_array_equal(w, w_before)
     [row] = choices()
     assert row.source == "measured" and row.threads == 2 and row.geometry.endswith("no bias, training")
+    assert row.images == 2                             # the batch, smaller than MIN_IMAGES per thread
     assert set(row.timings_ms) == set(candidates)
     total = {k: t[0] + t[1] for k, t in row.timings_ms.items() if t is not None}
     assert row.timings_ms["rowtaps"] is not None and all(t >= 0 for t in total.values())
@@ -241,10 +242,21 @@ def test_the_budget_skips_later_candidates(rng):
     x, w = arrays(rng)
     g = conv_geometry(x, w, None, 1, 1, 1, 1)
     order = [ROUTES[n] for n in ("im2row", "winograd", "rowtaps")]
-    timings = autotune.measure(g, True, order, budget=0.0)
-    assert list(timings) == ["im2row", "winograd", "rowtaps"]
+    timings, images = autotune.measure(g, True, order, budget=0.0)
+    assert list(timings) == ["im2row", "winograd", "rowtaps"] and images == 2
     assert timings["winograd"] is timings["rowtaps"] is None
     assert all(t > 0 for t in timings["im2row"])
+
+
+def test_a_big_batch_is_timed_in_part(monkeypatch, rng):
+    """Times are per whole batch, measured on a part of it that takes about RUN_SECONDS
+    (here: none), but at least MIN_IMAGES per worker thread."""
+    monkeypatch.setenv("MINICNN_NUM_THREADS", "2")
+    monkeypatch.setattr(autotune, "RUN_SECONDS", 0.0)
+    g = conv_geometry(np.empty((40, 4, 6, 6), np.float32), np.empty((4, 4, 3, 3), np.float32), None, 1, 1, 1, 1)
+    timings, images = autotune.measure(g, False, [ROUTES["im2row"], ROUTES["rowtaps"]])
+    assert images == 2 * autotune.MIN_IMAGES
+    assert all(t is None or t[0] > 0 and t[1] is None for t in timings.values())
 
 
 def test_format_choices_lists_every_row(tuned, rng):

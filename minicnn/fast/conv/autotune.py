@@ -4,10 +4,21 @@ benchmark mode).
 The first time a process meets a convolution geometry (shapes, dtype, stride, padding,
 dilation, groups, bias, input layout) in a grad mode (training: forward and backward are
 timed; ``no_grad``: the forward only) at a thread count, every route that applies runs on
-synthetic arrays of that geometry, one warm-up then the best of :data:`REPEATS`, and the
-fastest runs that geometry from then on.  The static choice (``select.choice``) is timed
-first; once a geometry has spent :data:`BUDGET` seconds the remaining candidates are
-skipped (and never picked), so that big layers cost a bounded time.
+synthetic arrays of that geometry, and the fastest runs that geometry from then on.  To
+keep that cheap (a model's few geometries in about a second) and stable on a busy machine:
+
+* each route is warmed up on a few images, then timed on a part of the batch that takes
+  about :data:`RUN_SECONDS` (at least :data:`MIN_IMAGES` per worker thread), the times
+  scaled to the whole batch: a route's cost per image hardly depends on the batch once
+  every worker has several chunks of images;
+* the routes take turns, one run each per round, for :data:`REPEATS` rounds, the best
+  run counting; after each round the routes :data:`ABANDON` times slower than the best
+  stop; once a geometry has spent :data:`BUDGET` seconds nothing new starts;
+* the static choice (``select.choice``) runs first, and another route replaces it only
+  if :data:`MARGIN` faster (closer is within the noise of timing).
+
+Training is timed as it runs with every gradient wanted (input, weight, bias); a first
+layer, whose input wants none, is timed with the input gradient all the same.
 
 Choices are kept on disk, one JSON file per machine (CPU model, BLAS core, thread count,
 minicnn version, route names: :func:`machine`) under ``MINICNN_CACHE_DIR`` or
@@ -25,6 +36,7 @@ import ctypes
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -43,7 +55,9 @@ from .select import choice
 
 BUDGET = 0.3        # seconds of timing per geometry; the candidates left after it are skipped
 REPEATS = 3         # timed runs per candidate, after one warm-up; the fastest counts
-ABANDON = 1.3       # a candidate this many times slower than the best so far stops repeating
+RUN_SECONDS = 0.01  # a timed run takes about this long: the batch is cut to as many images,
+MIN_IMAGES = 8      # but to no fewer than this many per worker thread (nor more than the batch)
+ABANDON = 1.3       # after a round, the routes this many times slower than the best stop
 MARGIN = 0.05       # another route replaces the static choice only if this much faster
 FORMAT = 1          # the cache file's layout; files of another format are ignored
 
@@ -54,13 +68,15 @@ class Choice(NamedTuple):
     ``source``: 'measured' (timed in this process), 'cache' (timed by an earlier process
     on this machine), 'static' (``MINICNN_AUTOTUNE=0``: the rules of ``select.py``),
     'only' (the one route that applies), 'forced' (``route=`` given by the caller).
-    ``timings_ms``: per candidate route, (forward, backward) in ms (backward None when
-    no gradient was wanted), or None if the budget ran out before it; empty unless
-    measured or cached."""
+    ``timings_ms``: per candidate route, (forward, backward) in ms for the whole batch
+    (backward None when no gradient was wanted), or None if the budget ran out before it;
+    ``images``: the batch that was timed (the times are scaled from it); empty and 0
+    unless measured or cached."""
     geometry: str
     route: str
     source: str
     timings_ms: dict
+    images: int
     threads: int
 
 
@@ -70,8 +86,8 @@ _lock = threading.Lock()    # one timing at a time; guards _chosen and _files
 
 
 def enabled():
-    """True unless ``MINICNN_AUTOTUNE=0`` asks for the static table."""
-    return os.environ.get("MINICNN_AUTOTUNE", "1").strip() not in ("0", "")
+    """True unless ``MINICNN_AUTOTUNE`` is 0 (or false, no, off): then the static table runs."""
+    return os.environ.get("MINICNN_AUTOTUNE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def pick(g, routes, forced=None):
@@ -94,7 +110,7 @@ def pick(g, routes, forced=None):
     key = (g, training, threads, source, route.name)
     if key not in _chosen:
         with _lock:
-            _chosen.setdefault(key, (route, Choice(describe(g, training), route.name, source, {}, threads)))
+            _chosen.setdefault(key, (route, Choice(describe(g, training), route.name, source, {}, 0, threads)))
     return route
 
 
@@ -112,7 +128,8 @@ def format_choices(rows=None):
         times = ", ".join(f"{name} skipped" if t is None else
                           f"{name} {t[0]:.3g}" + ("" if t[1] is None else f" + {t[1]:.3g}")
                           for name, t in row.timings_ms.items())
-        lines.append(f"{row.route:<10} {row.source:<9} {row.threads:>7}  {row.geometry}" + (f"; {times}" if times else ""))
+        timed = f"; timed on {row.images} images: {times}" if times else ""
+        lines.append(f"{row.route:<10} {row.source:<9} {row.threads:>7}  {row.geometry}{timed}")
     return "\n".join(lines)
 
 
@@ -140,19 +157,21 @@ def _tune(g, training, threads, routes):
     row = functools.partial(Choice, text, threads=threads)
     static, source = _static(g, routes)
     if source == "only":
-        return static, row(static.name, source, {})
+        return static, row(static.name, source, {}, 0)
     candidates = [static] + [r for r in routes.values() if r is not static and r.applies(g)]
     path = cache_path(threads, tuple(routes))
     entry = _read(path).get(text)
     if entry is not None and entry.get("route") in [r.name for r in candidates]:
-        return routes[entry["route"]], row(entry["route"], "cache", _timings(entry.get("timings_ms")))
-    timings = measure(g, training, candidates)
+        images = entry.get("images")
+        return routes[entry["route"]], row(entry["route"], "cache", _timings(entry.get("timings_ms")),
+                                           images if isinstance(images, int) else 0)
+    timings, images = measure(g, training, candidates)
     total = {name: sum(filter(None, t)) for name, t in timings.items() if t is not None}
     best = min(total, key=total.get)
     if total[best] > (1 - MARGIN) * total[static.name]:     # within the noise of timing: keep the static choice
         best = static.name
-    _write(path, threads, tuple(routes), text, {"route": best, "timings_ms": timings})
-    return routes[best], row(best, "measured", timings)
+    _write(path, threads, tuple(routes), text, {"route": best, "timings_ms": timings, "images": images})
+    return routes[best], row(best, "measured", timings, images)
 
 
 def _timings(saved):
@@ -169,37 +188,56 @@ def _timings(saved):
 
 
 def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
-    """Time each route of ``candidates`` on synthetic arrays of geometry ``g``:
-    {name: (forward ms, backward ms or None)}, None for the routes that the ``budget``
-    (seconds) left no time for.  The first candidate is always timed in full; a later one
-    stops repeating once its best is :data:`ABANDON` times the best so far (it lost)."""
-    rng = np.random.default_rng(0)
-    N, C, H, W = g.x_shape
-    if g.channels_last:
-        x = rng.standard_normal((N, H, W, C), dtype=g.dtype).transpose(0, 3, 1, 2)
-    else:
-        x = rng.standard_normal((N, C, H, W), dtype=g.dtype)
-    w = rng.standard_normal(g.w_shape, dtype=g.dtype)
-    b = np.zeros(g.w_shape[0], g.dtype) if g.has_bias else None
+    """Time each route of ``candidates`` on synthetic arrays of geometry ``g``: (timings,
+    images).  ``timings``: {name: (forward ms, backward ms or None)} for the whole batch,
+    None for the routes that the ``budget`` (seconds) left no time for; ``images``: the
+    size of the batch that was timed (see :data:`RUN_SECONDS`).
+
+    The routes take turns, one run each per round (a burst of load on a shared machine
+    then slows them alike), for ``repeats`` rounds; after each round the routes
+    :data:`ABANDON` times slower than the best leave (they lost).  Once the budget is
+    spent no new route starts and no new round begins; the first route is always timed."""
+    N = g.x_shape[0]
     needs = (True, True, g.has_bias) if training else (False, False, False)
-    start, timings, best_total = None, {}, np.inf
-    for route in candidates:
-        if start is not None and time.perf_counter() - start > budget:
-            timings[route.name] = None
-            continue
-        gy = _run(route, g, Context(needs), x, w, b, None)[2]     # warm-up
-        # The budget starts after the first warm-up, which pays for what the first
-        # convolution of a process pays anyway (worker threads, loading compiled kernels).
-        start = time.perf_counter() if start is None else start
-        fwd = bwd = np.inf
-        for _ in range(repeats):
-            f, bw, _ = _run(route, g, Context(needs), x, w, b, gy)
-            fwd, bwd = min(fwd, f), min(bwd, bw)
-            if fwd + bwd > ABANDON * best_total:
-                break
-        best_total = min(best_total, fwd + bwd)
-        timings[route.name] = (round(fwd * 1e3, 4), round(bwd * 1e3, 4) if training else None)
-    return timings
+    small = _inputs(g, min(N, 2 * num_threads()))
+    # The warm-up, on a few images, pays what a route's first call in a process pays
+    # (loading compiled kernels, starting the workers); the next run sizes the batch.
+    _run(candidates[0], g, Context(needs), *small, None)
+    f, bw, _ = _run(candidates[0], g, Context(needs), *small, None)
+    n = min(N, max(MIN_IMAGES * num_threads(), math.ceil(RUN_SECONDS * small[0].shape[0] / max(f + bw, 1e-9))))
+    data = _inputs(g, n)
+    start = time.perf_counter()
+    best = {r.name: (np.inf, np.inf) for r in candidates}
+    grads = {r.name: None for r in candidates}   # each route's output gradient, in its output's layout
+    alive, skipped = list(candidates), []
+    for round_ in range(repeats):
+        for route in list(alive):
+            if time.perf_counter() - start > budget and (round_ or route is not candidates[0]):
+                if not round_:
+                    alive.remove(route)
+                    skipped.append(route.name)
+                continue
+            if not round_ and route is not candidates[0]:
+                _run(route, g, Context(needs), *small, None)
+            f, bw, grads[route.name] = _run(route, g, Context(needs), *data, grads[route.name])
+            best[route.name] = (min(best[route.name][0], f), min(best[route.name][1], bw))
+        fastest = min(sum(best[r.name]) for r in alive)
+        alive = [r for r in alive if sum(best[r.name]) <= ABANDON * fastest]
+    ms = 1e3 * N / n
+    return {name: None if name in skipped else (round(f * ms, 4), round(b * ms, 4) if training else None)
+            for name, (f, b) in best.items()}, n
+
+
+def _inputs(g, n):
+    """Synthetic (x, w, b) of geometry ``g`` with ``n`` images, x in g's memory layout."""
+    rng = np.random.default_rng(0)
+    _, C, H, W = g.x_shape
+    if g.channels_last:
+        x = rng.standard_normal((n, H, W, C), dtype=g.dtype).transpose(0, 3, 1, 2)
+    else:
+        x = rng.standard_normal((n, C, H, W), dtype=g.dtype)
+    w = rng.standard_normal(g.w_shape, dtype=g.dtype)
+    return x, w, np.zeros(g.w_shape[0], g.dtype) if g.has_bias else None
 
 
 def _run(route, g, ctx, x, w, b, gy):
