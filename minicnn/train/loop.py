@@ -373,6 +373,7 @@ class Trainer:
         for cb in self._active_callbacks():
             cb.on_epoch_begin(self, epoch)
         lr = self._lr()
+        group_lrs = tuple(dict.fromkeys(g["lr"] for g in self.optimizer.param_groups))   # distinct, in order
         bar = ProgressBar(f"Epoch {epoch + 1}/{epochs}", len(self.train_loader), self.stream,
                           enabled=self.verbose > 0)
         logs, seen, seconds, completed = self.train_epoch(epoch, bar)
@@ -382,7 +383,7 @@ class Trainer:
             val = _run_eval(self.model, self.val_loader, self.loss, self.metrics, self.strategy)
             logs.update({f"val_{k}": v for k, v in val.items()})
         logs["lr"], logs["time"] = lr, seconds
-        bar.finish(len(self.train_loader), seen, seconds, logs)
+        bar.finish(len(self.train_loader), seen, seconds, {**logs, "lr": group_lrs})
         if self.scheduler is not None and not self._batch_scheduler:
             self.scheduler.step()
         self.epoch = epoch + 1

@@ -19,12 +19,16 @@ def _clock(seconds):
 
 
 def format_logs(logs):
-    """'loss 0.2843  acc 0.8967  lr 0.001' from a logs dict (``time`` left out)."""
+    """'loss 0.2843  acc 0.8967  lr 0.001' from a logs dict (``time`` left out); an ``lr`` that
+    is a tuple (one per distinct parameter group) shows as 'lr 0.001/0.0001'."""
     parts = []
     for k, v in logs.items():
         if k == "time":
             continue
-        fmt = f"{v:.3g}" if k == "lr" else f"{v:.4f}"
+        if k == "lr":
+            fmt = "/".join(f"{r:.3g}" for r in (v if isinstance(v, tuple) else (v,)))
+        else:
+            fmt = f"{v:.4f}"
         parts.append(f"{_SHORT.get(k, k)} {fmt}")
     return "  ".join(parts)
 
