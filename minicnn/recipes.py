@@ -5,7 +5,9 @@ builder ``f(num_classes)`` and the input shape it is made for, so a checkpoint c
 rebuilt from its file alone (:func:`model_from_checkpoint`: weights + ``arch``,
 ``num_classes``, ``classes`` and ``preprocess`` from the metadata).
 
-:data:`PRESETS` are the examples' recipes for ``python -m minicnn train --preset NAME``:
+:data:`PRESETS` are the examples' recipes for ``python -m minicnn train --preset NAME``, in
+their plain form (the examples add early stopping, LR-on-plateau, one-cycle, test-time
+augmentation and fine-tuning on top):
 
     fashion   fashion_cnn on Fashion-MNIST (28x28 grey), Adam 1e-3, batch 64, 15 epochs
     cifar10   ResNet-20 on CIFAR-10, SGD 0.1 momentum 0.9, weight decay 5e-4, cosine,
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import CIFAR10, FashionMNIST, ImageFolder, Preprocess, train_val_split, transforms
+from .data.image import grey
 from .io import load_model, load_state
 from .models import efficientnet_lite0, fashion_cnn, fashion_cnn_bn, fashion_cnn_strong, resnet20, resnet32, \
     resnet44, resnet56
@@ -124,11 +127,6 @@ def _xy(data):
     return data if isinstance(data, tuple) else (data.images, data.labels)
 
 
-def _grey(images):
-    """(N, 3, H, W) RGB -> (N, H, W) grey (ITU-R 601 luma), for the one-channel presets."""
-    return np.round(np.einsum("nchw,c->nhw", images, np.array([0.299, 0.587, 0.114]))).astype(np.uint8)
-
-
 class _SaveBest(Callback):
     """Save ``model`` (the whole model, also when the trainer trains only its head) to ``path``
     with ``metadata`` whenever the validation accuracy improves."""
@@ -157,7 +155,7 @@ def train_preset(name, out, data=None, epochs=None, batch_size=None, lr=None, se
     if data is not None:
         train, val, classes = _folder_data(data, size)
         if preset.preprocess.channels == 1:
-            train, val = (_grey(train.images), train.labels), (_grey(val.images), val.labels)
+            train, val = (grey(train.images, 1), train.labels), (grey(val.images, 1), val.labels)
     else:
         train, val = preset.dataset(train=True), preset.dataset(train=False)
         classes = list(train.classes)

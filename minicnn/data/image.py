@@ -44,6 +44,13 @@ def check_resize_mode(mode, crop=1.0):
         raise ValueError(f"crop must be in (0, 1], got {crop!r}")
 
 
+def grey(rgb, axis=-1):
+    """uint8 luma 0.299 R + 0.587 G + 0.114 B (ITU-R 601, as Pillow's ``L``) of RGB uint8
+    images whose colour axis is ``axis``; that axis is removed."""
+    weights = np.array([0.299, 0.587, 0.114])
+    return np.round(np.moveaxis(rgb, axis, -1) @ weights).astype(np.uint8)
+
+
 def _scaled(w, h, scale):
     return max(1, round(w * scale)), max(1, round(h * scale))
 

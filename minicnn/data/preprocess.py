@@ -11,9 +11,8 @@ Pretrained weights carry theirs (``model.preprocess``); a model trained with the
 its own in the checkpoint's metadata (:meth:`to_dict` / :meth:`from_dict`: plain JSON).
 """
 import numpy as np
-from PIL import Image
 
-from .image import MAX_PIXELS, check_resize_mode, image_size, load_image
+from .image import MAX_PIXELS, check_resize_mode, grey, image_size, load_image
 from .transforms import Normalize, ToFloat, Transform
 
 __all__ = ["Preprocess"]
@@ -47,7 +46,7 @@ class Preprocess(Transform):
         """uint8 (channels, h, w) of the image file or PIL image ``source``, resized as configured."""
         rgb = load_image(source, self.size, self.resize, crop=self.crop, max_pixels=max_pixels)
         if self.channels == 1:
-            return np.asarray(Image.fromarray(rgb).convert("L"))[None]
+            return grey(rgb)[None]
         return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
     def to_dict(self):

@@ -76,11 +76,8 @@ class OnnxGraph:
         self.nodes, self.initializers = [], []
         self.paths = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
         self.array_names = {}
-        for prefix, m in model.named_modules():
-            for key, arr in list(m._parameters.items()) + list(m._buffers.items()):
-                if arr is not None:
-                    data = arr.data if isinstance(arr, Tensor) else arr
-                    self.array_names.setdefault(id(data), f"{prefix}.{key}" if prefix else key)
+        for name, arr in [*model.named_parameters(), *model.named_buffers()]:
+            self.array_names.setdefault(id(arr.data if isinstance(arr, Tensor) else arr), name)
         self._used = set()
 
     # ------------------------------------------------------------------ plumbing
@@ -129,12 +126,12 @@ class OnnxGraph:
                          f"not one of the layers of minicnn.io.onnx_export, and it defines no onnx_forward")
 
     # ------------------------------------------------------------------ functions between layers
-    def relu(self, x):
-        return self.node("Relu", [x.name], np.maximum(x.value, 0), "relu")
+    def relu(self, x, name="relu"):
+        return self.node("Relu", [x.name], np.maximum(x.value, 0), name)
 
-    def relu6(self, x):
+    def relu6(self, x, name="relu6"):
         lo, hi = self.const(np.float32(0), "zero"), self.const(np.float32(6), "six")
-        return self.node("Clip", [x.name, lo, hi], np.clip(x.value, 0, 6), "relu6")
+        return self.node("Clip", [x.name, lo, hi], np.clip(x.value, 0, 6), name)
 
     def add(self, a, b):
         return self.node("Add", [a.name, b.name], a.value + b.value, "add")
@@ -224,18 +221,11 @@ def _flatten(g, m, x, value, path):
     return g.node("Flatten", [x.name], value, path, axis=m.start_dim % x.value.ndim)
 
 
-def _relu(g, m, x, value, path):
-    return g.node("Relu", [x.name], value, path)
-
-
-def _relu6(g, m, x, value, path):
-    lo, hi = g.const(np.float32(0), "zero"), g.const(np.float32(6), "six")
-    return g.node("Clip", [x.name, lo, hi], value, path)
-
-
 _LAYERS = ((nn.Conv2d, _conv), (nn.BatchNorm1d, _batch_norm), (nn.BatchNorm2d, _batch_norm),
            (nn.MaxPool2d, _max_pool), (nn.AvgPool2d, _avg_pool), (nn.AdaptiveAvgPool2d, _adaptive_avg_pool),
-           (nn.Linear, _linear), (nn.Flatten, _flatten), (nn.ReLU, _relu), (nn.ReLU6, _relu6))
+           (nn.Linear, _linear), (nn.Flatten, _flatten),
+           (nn.ReLU, lambda g, m, x, value, path: g.relu(x, path)),
+           (nn.ReLU6, lambda g, m, x, value, path: g.relu6(x, path)))
 
 
 # ---------------------------------------------------------------------- the file

@@ -13,7 +13,7 @@ are the same).
 """
 import numpy as np
 
-from ..data.image import load_image
+from ..data.image import grey, load_image
 from ..data.preprocess import Preprocess
 from ..nn import Conv2d
 from ..tensor import Tensor
@@ -95,7 +95,7 @@ def _load_one(model, source, preprocess, size, mode):
         return preprocess.load(source)
     rgb = load_image(source, size, mode)
     if input_channels(model) == 1:
-        return np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[None]
+        return grey(rgb)[None]
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
