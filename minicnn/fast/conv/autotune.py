@@ -11,6 +11,8 @@ keep that cheap (a model's few geometries in about a second) and stable on a bus
   about :data:`RUN_SECONDS` (at least :data:`MIN_IMAGES` per worker thread), the times
   scaled to the whole batch: a route's cost per image hardly depends on the batch once
   every worker has several chunks of images;
+* the runs are timed in CPU time of the process (:func:`timer`), which other processes'
+  load hardly changes, where wall-clock time varies severalfold on a busy machine;
 * the routes take turns, one run each per round, for :data:`REPEATS` rounds, the best
   run counting; after each round the routes :data:`ABANDON` times slower than the best
   stop; once a geometry has spent :data:`BUDGET` seconds nothing new starts;
@@ -51,7 +53,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ...tensor import Context, is_grad_enabled
-from ..runtime import loaded_libraries, num_threads
+from ..runtime import configure, loaded_libraries, num_threads
 from .select import choice
 
 BUDGET = 0.3        # seconds of timing per geometry; the candidates left after it are skipped
@@ -68,8 +70,9 @@ class Choice(NamedTuple):
     ``source``: 'measured' (timed in this process), 'cache' (timed by an earlier process
     on this machine), 'static' (``MINICNN_AUTOTUNE=0``: the rules of ``select.py``),
     'only' (the one route that applies), 'forced' (``route=`` given by the caller).
-    ``timings_ms``: per candidate route, (forward, backward) in ms for the whole batch
-    (backward None when no gradient was wanted), or None if the budget ran out before it;
+    ``timings_ms``: per candidate route, (forward, backward) in ms for the whole batch,
+    CPU time of the process (see :func:`timer`; backward None when no gradient was
+    wanted), or None if the budget ran out before it;
     ``images``: the batch that was timed (the times are scaled from it); empty and 0
     unless measured or cached."""
     geometry: str
@@ -123,7 +126,7 @@ def choices():
 def format_choices(rows=None):
     """:func:`choices` (or ``rows``) as a table of text, one line per row."""
     rows = choices() if rows is None else rows
-    lines = [f"{'route':<10} {'source':<9} {'threads':>7}  geometry; timings in ms (forward + backward)"]
+    lines = [f"{'route':<10} {'source':<9} {'threads':>7}  geometry; timings: CPU ms per batch (forward + backward)"]
     for row in rows:
         times = ", ".join(f"{name} skipped" if t is None else
                           f"{name} {t[0]:.3g}" + ("" if t[1] is None else f" + {t[1]:.3g}")
@@ -190,9 +193,10 @@ def _timings(saved):
 def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
     """Time each route of ``candidates`` on synthetic arrays of geometry ``g``: (timings,
     slowest, images).  ``timings``: {name: (forward ms, backward ms or None)}, the best
-    runs, for the whole batch, None for the routes that the ``budget`` (seconds) left no
-    time for; ``slowest``: {name: ms of the slowest run, forward + backward} of those
-    timed; ``images``: the size of the batch that was timed (see :data:`RUN_SECONDS`).
+    runs by :func:`timer`'s clock, for the whole batch, None for the routes that the
+    ``budget`` (wall-clock seconds) left no time for; ``slowest``: {name: ms of the
+    slowest run, forward + backward} of those timed; ``images``: the size of the batch
+    that was timed (see :data:`RUN_SECONDS`).
 
     The routes take turns, one run each per round (a burst of load on a shared machine
     then slows them alike), for ``repeats`` rounds; after each round the routes
@@ -203,11 +207,11 @@ def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
     small = _inputs(g, min(N, 2 * num_threads()))
     # The warm-up, on a few images, pays what a route's first call in a process pays
     # (loading compiled kernels, starting the workers); the next run sizes the batch.
-    _run(candidates[0], g, Context(needs), *small, None)
-    f, bw, _ = _run(candidates[0], g, Context(needs), *small, None)
+    _run(candidates[0], g, Context(needs), *small, None, time.perf_counter)
+    f, bw, _ = _run(candidates[0], g, Context(needs), *small, None, time.perf_counter)
     n = min(N, max(MIN_IMAGES * num_threads(), math.ceil(RUN_SECONDS * small[0].shape[0] / max(f + bw, 1e-9))))
     data = _inputs(g, n)
-    start = time.perf_counter()
+    start, clock = time.perf_counter(), timer()
     best = {r.name: (np.inf, np.inf) for r in candidates}
     slowest = {}
     grads = {r.name: None for r in candidates}   # each route's output gradient, in its output's layout
@@ -220,8 +224,8 @@ def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
                     skipped.append(route.name)
                 continue
             if not round_ and route is not candidates[0]:
-                _run(route, g, Context(needs), *small, None)
-            f, bw, grads[route.name] = _run(route, g, Context(needs), *data, grads[route.name])
+                _run(route, g, Context(needs), *small, None, clock)
+            f, bw, grads[route.name] = _run(route, g, Context(needs), *data, grads[route.name], clock)
             best[route.name] = (min(best[route.name][0], f), min(best[route.name][1], bw))
             slowest[route.name] = max(slowest.get(route.name, 0.0), f + bw)
         fastest = min(sum(best[r.name]) for r in alive)
@@ -243,20 +247,29 @@ def _inputs(g, n):
     return x, w, np.zeros(g.w_shape[0], g.dtype) if g.has_bias else None
 
 
-def _run(route, g, ctx, x, w, b, gy):
-    """Seconds of ``route``'s forward and (if ``ctx`` wants gradients) backward on (x, w, b),
-    and the output gradient used: ``gy``, or one made from the output, in its memory layout."""
-    t0 = time.perf_counter()
+def _run(route, g, ctx, x, w, b, gy, clock):
+    """``clock`` seconds of ``route``'s forward and (if ``ctx`` wants gradients) backward on
+    (x, w, b), and the output gradient used: ``gy``, or one made from the output, in its
+    memory layout."""
+    t0 = clock()
     y = route.forward(ctx, x, w, b, **g.options)
-    fwd = time.perf_counter() - t0
+    fwd = clock() - t0
     if not any(ctx.needs_input_grad):
         return fwd, 0.0, gy
     if gy is None:
         gy = np.empty_like(y)
         np.copyto(gy, y)
-    t0 = time.perf_counter()
+    t0 = clock()
     route.backward(ctx, gy)
-    return fwd, time.perf_counter() - t0, gy
+    return fwd, clock() - t0, gy
+
+
+def timer():
+    """The clock the routes are timed by: this process's CPU time (all its threads), which
+    other processes' load hardly changes (on a shared 2-core machine at load 6-7, runs of
+    one route varied 2-3x in wall-clock time and about 10% in CPU time); wall-clock time
+    where BLAS could not be made single-threaded (idle BLAS threads spin, burning CPU)."""
+    return time.process_time if configure()["serial_blas"] else time.perf_counter
 
 
 # ------------------------------------------------------------------ the disk cache
