@@ -5,7 +5,8 @@
 Per model (built and fused as in train_throughput.py, same batches), three fresh
 processes in turn, sharing one temporary ``MINICNN_CACHE_DIR``:
 
-* cold:   empty cache: the routes of every new geometry are timed;
+* cold:   empty cache: the routes of every new geometry are timed (timing cost
+          reported for the first training step and for the inference step apart);
 * warm:   the cache the cold process wrote: nothing should be timed;
 * static: ``MINICNN_AUTOTUNE=0``: the static table of ``fast/conv/select.py``.
 
@@ -58,14 +59,15 @@ def worker(name, steps):
     eval_images = rng.standard_normal((EVAL_BATCH, *shape), dtype=np.float32)
     train, infer = _steps("minicnn", name, images, labels, eval_images)
     train()
-    startup = time.perf_counter() - T0
+    startup, train_timing, train_timed = time.perf_counter() - T0, spent[0], timed[0]
     infer()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         train()
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"timing_s": spent[0], "geometries_timed": timed[0], "startup_s": startup,
+    print(json.dumps({"timing_s": spent[0], "geometries_timed": timed[0], "train_timing_s": train_timing,
+                      "train_geometries_timed": train_timed, "startup_s": startup,
                       "train_step_s": statistics.median(times), "machine": autotune.machine(num_threads(), tuple(ROUTES)),
                       "choices": [row._asdict() for row in choices()]}))
 
@@ -87,12 +89,14 @@ def main(argv=None):
                 runs[kind] = json.loads(run_python([__file__, "--worker", name, "--steps", str(args.steps)], environ))
         m = runs["cold"]["machine"]
         print(f"\n## {name}: {m['cpu']}, {m['blas']}, {m['threads']} threads, minicnn {m['minicnn']}")
-        print("| process | timing s | geometries timed | start-up s | train step s |\n|---|---|---|---|---|")
+        print("| process | timing s: training step (geometries) | + inference step (geometries) | start-up s | "
+              "train step s |\n|---|---|---|---|---|")
         for kind, r in runs.items():
-            print(f"| {kind} | {r['timing_s']:.2f} | {r['geometries_timed']} | {r['startup_s']:.2f} | "
-                  f"{r['train_step_s']:.3f} |")
+            print(f"| {kind} | {r['train_timing_s']:.2f} ({r['train_geometries_timed']}) | "
+                  f"{r['timing_s'] - r['train_timing_s']:.2f} ({r['geometries_timed'] - r['train_geometries_timed']}) | "
+                  f"{r['startup_s']:.2f} | {r['train_step_s']:.3f} |")
         static = {row["geometry"]: row["route"] for row in runs["static"]["choices"]}
-        print("\n| geometry | autotuned | static | images timed | timings ms per batch (forward + backward) |\n"
+        print("\n| geometry | autotuned | static | images timed | CPU ms per batch (forward + backward) |\n"
               "|---|---|---|---|---|")
         for row in runs["cold"]["choices"]:
             times = ", ".join(f"{k} skipped" if t is None else f"{k} {t[0]:.2f}" + ("" if t[1] is None else f"+{t[1]:.2f}")
