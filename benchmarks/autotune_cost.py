@@ -12,7 +12,8 @@ processes in turn, sharing one temporary ``MINICNN_CACHE_DIR``:
 
 Each process imports minicnn, builds the model, runs one training step, one inference
 step (batch 256), then ``--steps`` more training steps.  Reported per process: the
-seconds spent timing routes (inside ``autotune.measure``) and the geometries timed,
+seconds spent timing routes (inside ``autotune.measure``; wall-clock, and the process's
+CPU time, which a busy machine does not inflate) and the geometries timed,
 start-up (from the first line of the worker to the end of the first training step),
 and the median of the later training steps (indicative: a single process, not the
 alternating pairs of train_throughput.py).  Then the routes chosen by the cold
@@ -41,15 +42,16 @@ def worker(name, steps):
     from train_throughput import EVAL_BATCH, MODELS as SHAPES, _steps
     import numpy as np
 
-    spent, timed = [0.0], [0]
+    spent, timed, cpu = [0.0], [0], [0.0]
     measure = autotune.measure
 
     def counted(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return measure(*args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - t0
+            cpu[0] += time.process_time() - c0
             timed[0] += 1
     autotune.measure = counted
     shape, batch, _ = SHAPES[name]
@@ -66,7 +68,8 @@ def worker(name, steps):
         t0 = time.perf_counter()
         train()
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"timing_s": spent[0], "geometries_timed": timed[0], "train_timing_s": train_timing,
+    print(json.dumps({"timing_s": spent[0], "timing_cpu_s": cpu[0], "geometries_timed": timed[0],
+                      "train_timing_s": train_timing,
                       "train_geometries_timed": train_timed, "startup_s": startup,
                       "train_step_s": statistics.median(times), "machine": autotune.machine(num_threads(), tuple(ROUTES)),
                       "choices": [row._asdict() for row in choices()]}))
@@ -89,12 +92,12 @@ def main(argv=None):
                 runs[kind] = json.loads(run_python([__file__, "--worker", name, "--steps", str(args.steps)], environ))
         m = runs["cold"]["machine"]
         print(f"\n## {name}: {m['cpu']}, {m['blas']}, {m['threads']} threads, minicnn {m['minicnn']}")
-        print("| process | timing s: training step (geometries) | + inference step (geometries) | start-up s | "
-              "train step s |\n|---|---|---|---|---|")
+        print("| process | timing s: training step (geometries) | + inference step (geometries) | timing CPU s, all | "
+              "start-up s | train step s |\n|---|---|---|---|---|---|")
         for kind, r in runs.items():
             print(f"| {kind} | {r['train_timing_s']:.2f} ({r['train_geometries_timed']}) | "
                   f"{r['timing_s'] - r['train_timing_s']:.2f} ({r['geometries_timed'] - r['train_geometries_timed']}) | "
-                  f"{r['startup_s']:.2f} | {r['train_step_s']:.3f} |")
+                  f"{r['timing_cpu_s']:.2f} | {r['startup_s']:.2f} | {r['train_step_s']:.3f} |")
         static = {row["geometry"]: row["route"] for row in runs["static"]["choices"]}
         print("\n| geometry | autotuned | static | images timed | CPU ms per batch (forward + backward) |\n"
               "|---|---|---|---|---|")
