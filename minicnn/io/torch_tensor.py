@@ -268,6 +268,9 @@ class _Arrays:
             raise FileFormatError(f"{_describe(rec)} reaches byte {(last + 1) * stored:,} of a storage "
                                   f"holding {elems.size * stored:,} bytes")
         out = np.ndarray(size, elems.dtype, elems, offset * itemsize, tuple(s * itemsize for s in stride))
+        conj = conj and out.dtype.kind == "c"  # conjugating a real tensor changes nothing
+        if neg and out.dtype.kind == "b":
+            raise FileFormatError(f"{_describe(rec)} has the neg bit, which a bool tensor cannot have")
         if neg or conj:
             self.budget.take(out.nbytes, f"{_describe(rec)} with its neg/conj bit applied")
             out = np.conj(out) if conj else out.copy()
