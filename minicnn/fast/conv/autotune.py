@@ -267,7 +267,7 @@ def _run(route, g, ctx, x, w, b, gy, clock):
 def timer():
     """The clock the routes are timed by: this process's CPU time (all its threads), which
     other processes' load hardly changes (on a shared 2-core machine at load 6-7, runs of
-    one route varied 2-3x in wall-clock time and about 10% in CPU time); wall-clock time
+    one route varied 2-3x in wall-clock time, mostly 5-20% in CPU time); wall-clock time
     where BLAS could not be made single-threaded (idle BLAS threads spin, burning CPU)."""
     return time.process_time if configure()["serial_blas"] else time.perf_counter
 
