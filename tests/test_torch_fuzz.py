@@ -42,11 +42,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minicnn.io.torch_load import BUDGET_FACTOR as FACTOR, BUDGET_FLOOR as FLOOR
 from torch_files import FALSE, GET, LEGACY_MAGIC, LEGACY_PROTOCOL, G, I, PUT, S, write_zip
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = int(os.environ.get("MINICNN_FUZZ_CASES", 150))
-FLOOR, FACTOR = 64 << 20, 4  # load_torch's default budget: FACTOR x file size + FLOOR
+CASES = int(os.environ.get("MINICNN_FUZZ_CASES", 100))
 
 STORAGE_DTYPES = {"FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
                   "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",

@@ -129,7 +129,9 @@ def _load_zip(f, size, budget):
                                       f"it holds {buf.size}")
             return ref
 
-        data = _read_member(zf, infos[f"{prefix}/data.pkl"], budget).tobytes()
+        info = infos[f"{prefix}/data.pkl"]
+        budget.take(info.file_size, "the pickle's bytes")  # read into an array, then copied to bytes
+        data = _read_member(zf, info, budget).tobytes()
         obj, _ = unpickle(data, 0, find_global, persistent_load, (TensorRecord,), budget)
         return resolve(obj, storages, byteorder, budget)
 
@@ -216,7 +218,8 @@ def load_torch(path, check_hash=False, max_bytes=None):
     Tensors come back as native-endian arrays of their own dtype (float16 stays
     float16, bfloat16 becomes float32, bool stays bool).  Tensors that share a
     storage are views of one buffer, as in torch (writing one changes the
-    others); the arrays are writeable.  Parameters become plain arrays; Python
+    others); the arrays are writeable.  (A legacy-format file's storages are
+    slices of one buffer, kept while any of its arrays lives.)  Parameters become plain arrays; Python
     attributes set on tensors are dropped.  Other values (numbers, strings,
     bytes, lists, tuples, sets, dicts, OrderedDicts) come back as themselves.
 
