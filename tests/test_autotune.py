@@ -289,3 +289,10 @@ def test_machine_names_cpu_blas_threads_and_version():
     assert m["cpu"] and m["blas"] and m["cpu"] != "unknown"
     if runtime.loaded_libraries("openblas"):
         assert m["blas"].startswith("OpenBLAS")
+
+
+def test_an_empty_batch_is_not_timed(tuned, rng):
+    x, w = arrays(rng, x_shape=(0, 8, 8, 8))
+    y, gx, gw = train_step(x, w)
+    assert y.shape == (0, 8, 8, 8) and gx.shape == x.shape and not np.any(gw)
+    assert tuned == [] and [(r.route, r.source) for r in choices()] == [("rowtaps", "static")]

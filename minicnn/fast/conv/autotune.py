@@ -68,7 +68,8 @@ class Choice(NamedTuple):
     """One row of :func:`choices`: which route runs a geometry, and why.
 
     ``source``: 'measured' (timed in this process), 'cache' (timed by an earlier process
-    on this machine), 'static' (``MINICNN_AUTOTUNE=0``: the rules of ``select.py``),
+    on this machine), 'static' (the rules of ``select.py``: ``MINICNN_AUTOTUNE=0``, or an
+    empty batch),
     'only' (the one route that applies), 'forced' (``route=`` given by the caller).
     ``timings_ms``: per candidate route, (forward, backward) in ms for the whole batch,
     CPU time of the process (see :func:`timer`; backward None when no gradient was
@@ -159,7 +160,7 @@ def _tune(g, training, threads, routes):
     text = describe(g, training)
     row = functools.partial(Choice, text, threads=threads)
     static, source = _static(g, routes)
-    if source == "only":
+    if source == "only" or not g.x_shape[0]:      # one route, or an empty batch: nothing to time
         return static, row(static.name, source, {}, 0)
     candidates = [static] + [r for r in routes.values() if r is not static and r.applies(g)]
     path = cache_path(threads, tuple(routes))
