@@ -296,3 +296,14 @@ def test_an_empty_batch_is_not_timed(tuned, rng):
     y, gx, gw = train_step(x, w)
     assert y.shape == (0, 8, 8, 8) and gx.shape == x.shape and not np.any(gw)
     assert tuned == [] and [(r.route, r.source) for r in choices()] == [("rowtaps", "static")]
+
+
+def test_a_route_that_fails_is_left_out_with_a_warning(tuned, monkeypatch, rng):
+    def broken(cls, ctx, *args, **kwargs):
+        raise FloatingPointError("broken on purpose")
+    monkeypatch.setattr(ROUTES["winograd"], "forward", classmethod(broken))
+    x, w = arrays(rng)
+    with pytest.warns(RuntimeWarning, match="left out conv route 'winograd'.*broken on purpose"):
+        train_step(x, w)
+    [row] = choices()
+    assert row.route != "winograd" and row.timings_ms["winograd"] is None

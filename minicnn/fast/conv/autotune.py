@@ -171,8 +171,10 @@ def _tune(g, training, threads, routes):
                                            images if isinstance(images, int) else 0)
     timings, slowest, images = measure(g, training, candidates)
     total = {name: sum(filter(None, t)) for name, t in timings.items() if t is not None}
+    if not total:
+        raise RuntimeError(f"conv2d: every route failed on {describe(g, training)}: {', '.join(timings)}")
     best = min(total, key=total.get)
-    if slowest[best] >= total[static.name]:     # not faster by more than the noise of the timing
+    if static.name in total and slowest[best] >= total[static.name]:     # not faster beyond the timing's noise
         best = static.name
     _write(path, threads, tuple(routes), text, {"route": best, "timings_ms": timings, "images": images})
     return routes[best], row(best, "measured", timings, images)
@@ -195,7 +197,8 @@ def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
     """Time each route of ``candidates`` on synthetic arrays of geometry ``g``: (timings,
     slowest, images).  ``timings``: {name: (forward ms, backward ms or None)}, the best
     runs by :func:`timer`'s clock, for the whole batch, None for the routes that the
-    ``budget`` (wall-clock seconds) left no time for; ``slowest``: {name: ms of the
+    ``budget`` (wall-clock seconds) left no time for, or that raised (with a warning:
+    left out rather than run on the caller's data); ``slowest``: {name: ms of the
     slowest run, forward + backward} of those timed; ``images``: the size of the batch
     that was timed (see :data:`RUN_SECONDS`).
 
@@ -224,16 +227,24 @@ def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
                     alive.remove(route)
                     skipped.append(route.name)
                 continue
-            if not round_ and route is not candidates[0]:
-                _run(route, g, Context(needs), *small, None, clock)
-            f, bw, grads[route.name] = _run(route, g, Context(needs), *data, grads[route.name], clock)
+            try:
+                if not round_ and route is not candidates[0]:
+                    _run(route, g, Context(needs), *small, None, clock)
+                f, bw, grads[route.name] = _run(route, g, Context(needs), *data, grads[route.name], clock)
+            except Exception as e:      # noqa: BLE001 - a route that fails is left out, loudly, not run
+                warnings.warn(f"minicnn: autotuning left out conv route {route.name!r}, which failed on "
+                              f"{describe(g, training)}: {e!r}", RuntimeWarning, stacklevel=4)
+                alive.remove(route)
+                skipped.append(route.name)
+                continue
             best[route.name] = (min(best[route.name][0], f), min(best[route.name][1], bw))
             slowest[route.name] = max(slowest.get(route.name, 0.0), f + bw)
-        fastest = min(sum(best[r.name]) for r in alive)
-        alive = [r for r in alive if sum(best[r.name]) <= ABANDON * fastest]
+        if alive:
+            fastest = min(sum(best[r.name]) for r in alive)
+            alive = [r for r in alive if sum(best[r.name]) <= ABANDON * fastest]
     ms = 1e3 * N / n
     return ({name: None if name in skipped else (round(f * ms, 4), round(b * ms, 4) if training else None)
-             for name, (f, b) in best.items()}, {name: t * ms for name, t in slowest.items()}, n)
+             for name, (f, b) in best.items()}, {name: round(t * ms, 4) for name, t in slowest.items()}, n)
 
 
 def _inputs(g, n):
