@@ -17,10 +17,11 @@ whose ``storage`` is a persistent id
 
 The file is parsed, never run: the pickle goes through
 :mod:`minicnn.io.pickle_vm` (allowed opcodes and globals only, see
-:mod:`minicnn.io.torch_tensor`), each storage is read into a zeroed buffer of
-exactly the size its id declares, checked against the bytes the file holds,
-and each tensor becomes a view of its storage once its extent is checked in
-bytes (:func:`minicnn.io.torch_tensor.resolve`).
+:mod:`minicnn.io.torch_tensor`), each storage is read into a buffer of exactly
+the size its id declares, checked against the bytes the file holds (a buffer
+is used only once every byte of it is read), and each tensor becomes a view of
+its storage once its extent is checked in bytes
+(:func:`minicnn.io.torch_tensor.resolve`).
 """
 import errno
 import hashlib
@@ -53,14 +54,14 @@ _ZIP_ENTRY = 1024    # bytes charged per central-directory entry zipfile keeps (
 
 
 def _read_member(zf, info, budget):
-    """The bytes of archive member ``info`` in a zeroed uint8 array of its declared size.
+    """The bytes of archive member ``info`` in a uint8 array of its declared size.
 
     Decompressed a chunk at a time: a member that inflates past its declared
     size, or ends before it, is refused before it can fill memory.
     """
     n = info.file_size
     budget.take(n, f"archive member {info.filename}")
-    out = np.zeros(n, np.uint8)
+    out = np.empty(n, np.uint8)  # every byte is written below, or the array is dropped with an error
     view = memoryview(out)
     got = 0
     with zf.open(info) as src:
@@ -186,7 +187,7 @@ def _load_legacy(f, size, budget):
         raise FileFormatError("the storage key list does not match the storages the tensors use")
     # The storages, each an int64 count and its bytes, in one read; each becomes a slice of it.
     budget.take(size - at, "the checkpoint's storages")
-    region = np.zeros(size - at, np.uint8)
+    region = np.empty(size - at, np.uint8)  # filled whole, or dropped with the error below
     f.seek(at)
     if f.readinto(memoryview(region)) != region.size:
         raise FileFormatError("the file changed size while it was read")
