@@ -27,7 +27,9 @@ a few milliseconds, *every* barrier waits for it (measurements: docs/performance
   malloc tunables, or on other C libraries).
 
 ``MINICNN_NUM_THREADS`` sets the number of workers (default: the CPUs this process may
-run on).  :func:`settings` reports what was applied.
+run on).  :func:`settings` reports what was applied.  ``MINICNN_SCRATCH_FILL=nan`` fills
+the reused work buffers with NaN whenever they are handed out (:func:`scratch`), so that
+tests catch a kernel that forgets to zero what it accumulates into.
 """
 import ctypes
 import itertools
@@ -176,11 +178,18 @@ def scratch(name, size, dtype):
 
     Grows as needed and is reused across calls, so the hot loops do not pay for
     fresh pages (large ``np.empty`` calls map new memory every time).  Valid until
-    the same thread asks for ``name`` again."""
+    the same thread asks for ``name`` again.  Its contents are undefined: with
+    ``MINICNN_SCRATCH_FILL=nan`` (read at every call; the test suite sets it) a
+    floating buffer is filled with NaN each time it is handed out, so a kernel that
+    reads an element it did not write fails every time instead of only when the
+    previous call's leftovers happen to be wrong."""
     import numpy as np
     buffers = _scratch.__dict__
     key = (name, np.dtype(dtype).str)
     buf = buffers.get(key)
     if buf is None or buf.size < size:
         buf = buffers[key] = np.empty(size, dtype)
-    return buf[:size]
+    buf = buf[:size]
+    if buf.dtype.kind == "f" and os.environ.get("MINICNN_SCRATCH_FILL") == "nan":
+        buf.fill(np.nan)
+    return buf

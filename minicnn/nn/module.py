@@ -140,6 +140,39 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    # ----------------------------------------------------------------- dtype
+    def to(self, dtype):
+        """Convert every parameter (and its ``.grad``) and every floating-point buffer to
+        ``dtype`` (np.float32 or np.float64), in place; integer buffers such as
+        ``num_batches_tracked`` stay as they are.  Returns self.
+
+        The Parameter objects stay the same, so an optimizer built before the conversion
+        still holds them, but its state (momentum, Adam's moments) keeps the old dtype:
+        build the optimizer after converting.
+
+        >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).to(np.float64)
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{type(self).__name__}.to: expected np.float32 or np.float64, got {dtype}")
+        for p in self.parameters():
+            p.data = p.data.astype(dtype, copy=False)
+            if p.grad is not None:
+                p.grad = p.grad.astype(dtype, copy=False)
+        for mod in self.modules():
+            for name, b in mod._buffers.items():
+                if b is not None and b.dtype.kind == "f":
+                    mod._buffers[name] = b.astype(dtype, copy=False)
+        return self
+
+    def double(self):
+        """``to(np.float64)``: for gradient checks, whose finite differences need float64."""
+        return self.to(np.float64)
+
+    def float(self):
+        """``to(np.float32)``, the default dtype of layers."""
+        return self.to(np.float32)
+
     # ----------------------------------------------------------------- calls
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")

@@ -23,5 +23,6 @@ def check_dtypes(op, x, **params):
         if p is not None and p.dtype != x.dtype:
             fix = f"convert the input with .astype(np.{p.dtype})"
             if x.dtype in (np.float32, np.float64):
-                fix += f" or build the layer with dtype=np.{x.dtype}"
+                fix += (f" or build the layer with dtype=np.{x.dtype}, or convert the model with "
+                        f"model.to(np.{x.dtype})")
             raise TypeError(f"{op}: {name} dtype {p.dtype} differs from input dtype {x.dtype}; {fix}")
