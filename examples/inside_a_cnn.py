@@ -1,6 +1,6 @@
 """Look inside a CNN: where it looks (Grad-CAM, saliency) and what its layers do while it trains.
 
-    python examples/inside_a_cnn.py                 # all three parts, a few minutes on 2 cores
+    python examples/inside_a_cnn.py                 # all three parts: 2-4 minutes on 2 shared cores
     python examples/inside_a_cnn.py --part monitor  # only the deep-net training (part 3)
     python examples/inside_a_cnn.py --quick         # tiny settings, seconds (a smoke test)
 
@@ -52,7 +52,9 @@ Figures go to ``--out`` (default runs/inside_a_cnn).
    without batch norm, at step 0 the activation std falls by ~10x per conv layer
    (1e-13 near the top), and the gradient norms *vanish toward the input*: ~1e-2 at
    the last conv, ~1e-13 at the first.  The update/weight ratios are 1e-17 to 1e-5,
-   nowhere near the ~1e-3 of a layer that learns.  Within ~30 steps the last ReLUs
+   nowhere near the ~1e-3 of a layer that learns (and exactly 0 after ~200 steps,
+   when the momentum's fading steps drop below the float32 resolution of the
+   weights).  Within ~30 steps the last ReLUs
    switch off for every input (fraction of zeros -> 1, the pooled output black):
    from then on no gradient reaches any conv layer (black), only the linear head
    learns the class prior, and the loss stays at ln 10 = 2.30.  With batch norm the
