@@ -1,8 +1,17 @@
 """Shared test settings.
 
 Hypothesis profile "minicnn" (the default): no deadline, because the first call
-of a Numba kernel compiles it, and few examples, because the whole suite must
-stay fast on 2 cores.  ``HYPOTHESIS_PROFILE=thorough pytest`` explores more.
+of a Numba kernel compiles it, few examples, because the whole suite must stay
+fast on 2 cores, and derandomized, so that every run (and CI) draws the same
+examples: a failure is reproducible, and a pass does not depend on luck.  Without
+hypothesis's "explain" phase, which re-runs a failing numeric test under a line
+tracer for minutes.
+``HYPOTHESIS_PROFILE=thorough pytest`` explores: 300 fresh random examples per
+property in each run.
+
+The fast routes' scratch buffers are filled with NaN whenever they are handed out
+(``MINICNN_SCRATCH_FILL=nan``), so a kernel that forgets to zero a buffer it
+accumulates into fails on every run, not only when stale values happen to differ.
 
 The convolution routes come from the static table (``MINICNN_AUTOTUNE=0``), not from
 timings, so that every run picks the same routes, at no timing cost; tests/test_autotune.py
@@ -21,15 +30,18 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 import minicnn
 
-settings.register_profile("minicnn", deadline=None, max_examples=20,
+settings.register_profile("minicnn", deadline=None, max_examples=20, derandomize=True,
+                          phases=[p for p in Phase if p.name != "explain"],
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", parent=settings.get_profile("minicnn"), max_examples=300)
+settings.register_profile("thorough", parent=settings.get_profile("minicnn"), max_examples=300,
+                          derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minicnn"))
 os.environ.setdefault("MINICNN_AUTOTUNE", "0")
+os.environ.setdefault("MINICNN_SCRATCH_FILL", "nan")
 
 
 @pytest.fixture(autouse=True)
