@@ -75,6 +75,24 @@ def test_crop_is_a_window_of_the_padded_image(x, seed, ph, pw, mode, data):
         assert any(np.array_equal(out[n], win) for win in windows)
 
 
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_crop_draws_every_offset_about_equally_often(mode):
+    """Every top-left corner of the window in the padded image (5 rows x 8 columns of them
+    here) is drawn, each about 1/40 of the time: 8,000 crops, each count within 5 standard
+    deviations of 200.  The offset is read back from the window's pixels (all distinct)."""
+    H, W, (h, w), (ph, pw) = 4, 6, (2, 3), (1, 2)
+    n_rows, n_cols = H + 2 * ph - h + 1, W + 2 * pw - w + 1
+    x = np.arange(1.0, H * W + 1).reshape(1, 1, H, W).repeat(8000, axis=0)
+    out = RandomCrop((h, w), (ph, pw), mode, fill=0)(x, rng(3))
+    padded = np.pad(x[0, 0], ((ph, ph), (pw, pw)), mode=mode)
+    windows = np.stack([padded[i:i + h, j:j + w] for i in range(n_rows) for j in range(n_cols)])
+    match = (out[:, 0, None] == windows[None]).all(axis=(2, 3))          # (crops, offsets)
+    assert (match.sum(axis=1) == 1).all()                                # each window is one offset
+    counts = match.sum(axis=0).reshape(n_rows, n_cols)
+    expected = len(x) / counts.size
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected), counts
+
+
 @given(batches(), seeds)
 def test_rotation_by_zero_is_identity(x, seed):
     for t in (RandomRotation(0), RandomRotation((0, 0)), RandomAffine()):

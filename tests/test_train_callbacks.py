@@ -58,6 +58,25 @@ def test_early_stopping_min_delta_and_max_mode():
     assert stopped == 1
 
 
+def test_early_stopping_max_mode_with_min_delta_restores_the_best_epoch():
+    """Max mode needs value > best + min_delta: 0.55 and 0.62 fall short of 0.5 + 0.1 and
+    0.65 + 0.1, so epoch 2 stays the best and the run stops after epoch 4."""
+    def set_weights(trainer, epoch):
+        trainer.model.weight.data[:] = epoch
+
+    es = EarlyStopping("val_accuracy", patience=2, min_delta=0.1, restore_best_weights=True)
+    trainer, stopped = drive(es, [0.5, 0.55, 0.65, 0.62, 0.7], "val_accuracy", on_epoch=set_weights)
+    assert stopped == 4 and es.best_epoch == 2
+    assert np.all(trainer.model.weight.data == 2)
+
+
+@pytest.mark.parametrize("monitor, values", [("val_loss", [1.0, 0.75]), ("val_accuracy", [0.5, 0.75])])
+def test_a_change_of_exactly_min_delta_is_no_improvement(monitor, values):
+    """Improving means by *more than* min_delta (0.25, exact in binary, as are the values)."""
+    _, stopped = drive(EarlyStopping(monitor, patience=1, min_delta=0.25), values, monitor)
+    assert stopped == 1
+
+
 def test_early_stopping_restores_best_weights():
     def set_weights(trainer, epoch):
         trainer.model.weight.data[:] = epoch
@@ -90,6 +109,17 @@ def test_reduce_lr_on_plateau_with_cooldown_and_floor():
     assert sum("learning rate" in m for m in trainer.messages) == 3
     with pytest.raises(ValueError, match="factor"):
         ReduceLROnPlateau(factor=1.5)
+
+
+def test_reduce_lr_max_mode_with_min_delta():
+    """0.55 and 0.58 are not 0.1 above 0.5: reduce after epoch 2; 0.7 is; 0.65 and 0.75 are
+    not 0.1 above it: reduce after epoch 5."""
+    trainer = Stub(lr=1.0)
+    lrs = []
+    drive(ReduceLROnPlateau("val_accuracy", factor=0.5, patience=2, min_delta=0.1),
+          [0.5, 0.55, 0.58, 0.7, 0.65, 0.75], "val_accuracy", trainer=trainer,
+          on_epoch=lambda t, e: lrs.append(t.optimizer.param_groups[0]["lr"]))
+    assert lrs + [trainer.optimizer.param_groups[0]["lr"]] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
 
 
 def test_reduce_lr_resets_on_improvement():

@@ -177,3 +177,23 @@ def test_custom_metrics():
     assert history["zero"] == [0.0] and history["val_zero"] == [0.0] and "accuracy" not in history
     with pytest.raises(TypeError, match="metric 'bad'"):
         fit(model, blobs(64), epochs=1, optimizer=SGD(model.parameters(), lr=0.1), metrics={"bad": 3})
+
+
+def test_fit_augments_the_training_batches_and_never_the_validation_data():
+    """Training images always flipped left-right (a 'left' blob becomes a 'right' one under
+    its own label), validation data as it is: the model learns the flipped classes, so it
+    is right on the training batches and on flipped held-out images, and on the unflipped
+    validation data only for the 'top' class (about a third).  A flip applied to validation
+    too, or to neither, would score > 0.95 there."""
+    from minicnn.data.transforms import Compose, RandomHorizontalFlip, ToFloat
+    minicnn.manual_seed(0)
+    model = mlp()
+    val_x, val_y = blobs(200, seed=1)
+    history = fit(model, blobs(400), epochs=4, optimizer=Adam(model.parameters(), lr=1e-2),
+                  validation_data=(val_x, val_y), batch_size=16,
+                  transform=Compose([ToFloat(), RandomHorizontalFlip(p=1.0)]), seed=3, verbose=0)
+    assert history["accuracy"][-1] > 0.95
+    assert history["val_accuracy"][-1] == pytest.approx(np.mean(val_y == 2), abs=0.02)
+    plain = evaluate(model, (val_x, val_y), transform=ToFloat())
+    assert plain["loss"] == history["val_loss"][-1] and plain["accuracy"] == history["val_accuracy"][-1]
+    assert evaluate(model, (np.ascontiguousarray(val_x[..., ::-1]), val_y), transform=ToFloat())["accuracy"] > 0.95
