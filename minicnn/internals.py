@@ -43,13 +43,15 @@ from .tensor import Tensor, no_grad
 @dataclass
 class LayerStats:
     """One call of one layer: ``name`` (dotted, as in state_dict), ``kind`` (class name),
-    output ``shape``, and the output's ``mean``, ``std`` and ``zero_fraction``."""
+    output ``shape``, the output's ``mean``, ``std`` and ``zero_fraction``, and after a
+    backward ``grad_norm`` = ‖∂L/∂a‖ of the output a (None without a loss)."""
     name: str
     kind: str
     shape: tuple
     mean: float
     std: float
     zero_fraction: float
+    grad_norm: float = None
 
 
 @dataclass
@@ -79,9 +81,12 @@ class Report:
     def table(self):
         """The mode line, the layers table, its notes and, after a backward, the parameters table."""
         out = f"{describe_mode(self.mode)}\n\n" if self.mode else ""
-        out += format_table(("layer", "type", "output shape", "mean", "std", "zeros"),
-                           [(s.name, s.kind, str(s.shape), f"{s.mean:+.3e}", f"{s.std:.3e}",
-                             f"{100 * s.zero_fraction:.1f}%") for s in self.layers], align="lllrrr")
+        grads = any(s.grad_norm is not None for s in self.layers)
+        out += format_table(("layer", "type", "output shape", "mean", "std", "zeros") + (("‖∂L/∂a‖",) if grads else ()),
+                            [(s.name, s.kind, str(s.shape), f"{s.mean:+.3e}", f"{s.std:.3e}",
+                              f"{100 * s.zero_fraction:.1f}%")
+                             + ((f"{s.grad_norm:.3e}" if s.grad_norm is not None else "-",) if grads else ())
+                             for s in self.layers], align="lllrrr" + "r" * grads)
         out += "".join(f"\nnote: {n}" for n in self.notes)
         if self.params:
             out += f"\n\nloss {self.loss:.6g}; gradients after one backward:\n"
@@ -203,13 +208,18 @@ def inspect(model, x, loss_fn=None, target=None):
     statistics and the global random stream are left as they were.
 
     With ``loss_fn``: loss = loss_fn(output, target) (or loss_fn(output) if target is None)
-    is backpropagated once, after clearing the gradients, and the report adds per
-    parameter ‖p‖ and ‖∂L/∂p‖ (the gradients stay in ``p.grad``).
+    is backpropagated once, after clearing the gradients, and the report adds per layer
+    ‖∂L/∂a‖ of its output a and per parameter ‖p‖ and ‖∂L/∂p‖ (the gradients stay in ``p.grad``).
     """
     layers = []
 
+    outputs = []
+
     def record(name, m, out):
         if isinstance(out, Tensor):
+            if out.requires_grad:
+                out.retain_grad()             # ∂L/∂a of this layer's output, after the backward
+            outputs.append(out)
             a = out.data
             layers.append(LayerStats(name, type(m).__name__, tuple(a.shape), float(a.mean(dtype=np.float64)),
                                      float(a.std(dtype=np.float64)), float(np.count_nonzero(a == 0)) / max(a.size, 1)))
@@ -228,6 +238,8 @@ def inspect(model, x, loss_fn=None, target=None):
         out = model(x)
     loss = loss_fn(out) if target is None else loss_fn(out, target)
     loss.backward()
+    for stats, a in zip(layers, outputs):
+        stats.grad_norm = float(np.linalg.norm(a.grad)) if a.grad is not None else None
     params = [ParamStats(name, tuple(p.shape), float(np.linalg.norm(p.data)),
                          float(np.linalg.norm(p.grad)) if p.grad is not None else 0.0)
               for name, p in model.named_parameters()]

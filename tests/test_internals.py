@@ -152,3 +152,21 @@ def test_report_says_a_fresh_eval_batch_norm_is_the_identity():
     model.eval()
     model[1].running_var[0] = 2.0
     assert internals.inspect(model, x).notes == []
+
+
+def test_inspect_reports_each_layers_activation_gradient():
+    """With a loss, each layer's row carries ‖∂L/∂a‖ of its output: for the last layer the
+    gradient of the mean cross-entropy w.r.t. the logits, (softmax - onehot)/N."""
+    import minicnn
+    from minicnn import nn, ops
+    minicnn.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5, dtype=np.float64), nn.ReLU(), nn.Linear(5, 3, dtype=np.float64))
+    x, y = np.random.default_rng(0).standard_normal((4, 3, 2, 2)), np.array([0, 1, 2, 1])
+    report = internals.inspect(model, x, ops.cross_entropy, y)
+    logits = model(minicnn.tensor(x)).data
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(4), y] -= 1
+    np.testing.assert_allclose(report.layers[-1].grad_norm, np.linalg.norm(p / 4), rtol=1e-10)
+    assert all(s.grad_norm is not None for s in report.layers[1:])
+    assert "‖∂L/∂a‖" in report.table()

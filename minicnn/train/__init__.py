@@ -1,6 +1,6 @@
 """Training: fit / evaluate / predict, History, callbacks, metrics, progress, summary."""
-from .callbacks import (Callback, CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
-                        ReduceLROnPlateau, TerminateOnNaN)
+from .callbacks import (Callback, CSVLogger, EarlyStopping, LayerMonitor, LearningRateScheduler, ModelCheckpoint,
+                        ReduceLROnPlateau, TensorBoard, TerminateOnNaN)
 from .history import History
 from .loop import Trainer, evaluate, fit
 from .predict import predict, predict_image

@@ -49,6 +49,7 @@ class TensorBoard:
     samples: fixed (images as the model takes them, labels) whose Grad-CAM at ``grad_cam_layer`` is drawn each epoch.
     class_names: labels of the confusion matrix and the Grad-CAM captions (default 0..C-1).
     """
+    main_process_only = True      # writes files: rank 0 alone, under minicnn.distributed
 
     def __init__(self, log_dir, histogram_freq=1, update_freq="epoch", samples=None, grad_cam_layer=None,
                  class_names=None):
