@@ -179,7 +179,7 @@ class _Outside(NamedTuple):
 def _outside(analytic, numeric, atol, rtol):
     """None when every entry is within atol + rtol·|numeric|, else what is wrong and where."""
     err = np.abs(analytic - numeric)
-    bad = err > atol + rtol * np.abs(numeric)
+    bad = ~(err <= atol + rtol * np.abs(numeric))      # so that NaN (an unwritten element) is outside
     if not bad.any():
         return None
     worst = int(np.argmax(np.where(bad, err, -1)))

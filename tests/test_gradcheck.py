@@ -95,6 +95,15 @@ def test_only_inputs_that_require_grad_are_checked(broken_cube):
     assert gradcheck(lambda a, b: a * broken_cube(b), [_x(), frozen])
 
 
+@pytest.mark.parametrize("full_limit", [4096, 0])
+def test_a_nan_gradient_fails(broken_cube, full_limit):
+    """NaN compares false with everything: an unwritten (NaN) element of a gradient must still
+    be outside the tolerance, on either path."""
+    Cube.factor = np.nan
+    with pytest.raises(GradcheckError, match=r"input 0 .*nan"):
+        gradcheck(broken_cube, [_x()], full_limit=full_limit)
+
+
 def test_tolerances_decide(broken_cube):
     Cube.factor = 1 + 1e-4
     assert gradcheck(broken_cube, [_x()])              # within rtol=1e-3
