@@ -21,7 +21,7 @@ from minicnn.errors import FileFormatError, LimitExceededError, UnsafeFileError
 from minicnn.io import UnsafePickleError, check_hash_prefix, load_torch, sha256sum
 from minicnn.io.torch_load import LEGACY_MAGIC, LEGACY_PROTOCOL
 from torch_files import (
-    BUILD, D, FALSE, GET, I, L, PID, PROTO, PUT, STOP, TENSOR, WRITERS, Call, Ref, S, Storage,
+    BUILD, D, FALSE, GET, I, L, PID, PROTO, PUT, STOP, TENSOR, WRITERS, Call, G, Ref, S, Storage, T,
     deflate_zeros, raw_zip, tensor, write_legacy, write_zip)
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "cifar10-resnet"
@@ -587,3 +587,19 @@ def test_cli_entry_point_one_line(tmp_path):
                           "--arch", "resnet20"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert "nested more than 100 deep" in out.stderr
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+def test_neg_and_conj_bits_keep_zero_dim_tensors_arrays(tmp_path, fmt):
+    # found by the fuzzer: np.conj of a 0-d array returned a NumPy scalar, not an array
+    def bit(kind, flag, value):
+        meta = D((S(flag), b"\x88"))
+        return G("torch._utils", "_rebuild_tensor_v2") + T(
+            PID(flag, 1, kind, legacy=fmt == "legacy"), I(0), T(), T(), FALSE,
+            G("collections", "OrderedDict") + b")R", meta) + b"R"
+    pkl = PROTO + D((S("c"), bit("ComplexFloatStorage", "conj", 0)), (S("n"), bit("FloatStorage", "neg", 0))) + STOP
+    blobs = {"conj": np.array([1 + 2j], "<c8").tobytes(), "neg": np.array([3], "<f4").tobytes()}
+    got = load_torch(WRITERS[fmt](tmp_path / "bits.pt", pkl, blobs) if fmt == "zip" else
+                     write_legacy(tmp_path / "bits.pt", pkl, blobs, numels={"conj": 1, "neg": 1}))
+    assert type(got["c"]) is np.ndarray and got["c"].shape == () and got["c"] == 1 - 2j
+    assert type(got["n"]) is np.ndarray and got["n"].shape == () and got["n"] == -3

@@ -273,7 +273,9 @@ class _Arrays:
             raise FileFormatError(f"{_describe(rec)} has the neg bit, which a bool tensor cannot have")
         if neg or conj:
             self.budget.take(out.nbytes, f"{_describe(rec)} with its neg/conj bit applied")
-            out = np.conj(out) if conj else out.copy()
+            out = out.copy()  # in place below: a ufunc's result on a 0-d array would be a scalar
+            if conj:
+                np.conjugate(out, out=out)
             if neg:
                 np.negative(out, out=out)
         return out
