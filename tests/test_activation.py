@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
-from strategies import arrays, distinct_arrays, shapes
+from minicnn.testing import arrays, distinct_arrays, shapes
 
 _erf = np.vectorize(math.erf)
 

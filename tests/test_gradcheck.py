@@ -6,7 +6,7 @@ from hypothesis import given
 
 from minicnn import Function, ops, tensor
 from minicnn.gradcheck import GradcheckError, gradcheck
-from strategies import arrays, shapes
+from minicnn.testing import arrays, shapes
 
 
 class Cube(Function):

@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from minicnn import ops, tensor
 from minicnn.gradcheck import gradcheck
-from strategies import arrays, shapes
+from minicnn.testing import arrays, shapes
 
 REDUCTIONS = ["mean", "sum", "none"]
 

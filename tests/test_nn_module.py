@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from minicnn import nn, ops, optim, tensor
 from minicnn.gradcheck import gradcheck
 from minicnn.nn import init
-from strategies import arrays
+from minicnn.testing import arrays
 
 
 class Block(nn.Module):

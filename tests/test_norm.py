@@ -15,6 +15,7 @@ import minicnn
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
 from minicnn.nn import fusion as nn_fuse
+from minicnn.testing import norm_cases
 
 # kind -> (fused op with signature (x, w, b, groups, eps), axes of the statistics after the
 # (N, G, C/G, S) view used by the composed reference)
@@ -42,33 +43,12 @@ def composed(x, w, b, kind, G, eps):
     return y
 
 
-@st.composite
-def norm_cases(draw, kinds=tuple(FUSED)):
-    """(kind, x, w or None, b or None, groups, eps) with x (N, C, *spatial), float64."""
-    kind = draw(st.sampled_from(kinds))
-    G = draw(st.integers(1, 3))
-    C = G * draw(st.integers(1, 3))
-    spatial = draw(st.lists(st.integers(1, 3), min_size=0 if kind == "batch" else 1, max_size=2))
-    N = draw(st.integers(1, 3))
-    if kind == "batch" and N * int(np.prod(spatial)) < 2:    # one value per channel is an error
-        N = 2
-    if kind == "instance" and int(np.prod(spatial)) < 2:
-        spatial = spatial + [2]
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    x = rng.standard_normal((N, C, *spatial)) * draw(st.floats(0.1, 10)) + draw(st.floats(-5, 5))
-    affine = draw(st.booleans())
-    w = rng.standard_normal(C) if affine else None
-    b = rng.standard_normal(C) if affine and draw(st.booleans()) else None
-    eps = draw(st.sampled_from([1e-5, 1e-3, 0.1]))
-    return kind, x, w, b, G, eps
-
-
 def _tensors(*arrays):
     return [None if a is None else tensor(a, requires_grad=True) for a in arrays]
 
 
 @settings(deadline=None)
-@given(norm_cases())
+@given(norm_cases(kinds=tuple(FUSED)))
 def test_channel_norm_gradients_match_finite_differences(case):
     kind, x, w, b, G, eps = case
     tx, tw, tb = _tensors(x, w, b)
@@ -82,7 +62,7 @@ def test_channel_norm_gradients_match_finite_differences(case):
 
 
 @settings(deadline=None)
-@given(norm_cases())
+@given(norm_cases(kinds=tuple(FUSED)))
 def test_fused_channel_norm_equals_composition_of_primitive_ops(case):
     kind, x, w, b, G, eps = case
     g = np.random.default_rng(1).standard_normal(x.shape)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from minicnn import ops, tensor
 from minicnn.gradcheck import gradcheck
-from strategies import arrays, broadcastable_shapes, distinct_arrays, magnitudes, reduction_axes, shapes
+from minicnn.testing import arrays, broadcastable_shapes, distinct_arrays, magnitudes, reduction_axes, shapes
 
 # name -> (minicnn op, NumPy formula, torch op, strategy for a, strategy for b)
 BINARY = {

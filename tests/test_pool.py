@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from minicnn import nn, ops, tensor
 from minicnn.gradcheck import gradcheck
+from minicnn.testing import pool2d_cases
 from minicnn.fast.kernels import pool as pool_kernels
 
 
@@ -54,29 +55,13 @@ def reference_adaptive(x, out_hw):
     return y
 
 
-def distinct(rng, shape):
-    """Values pairwise 0.1 apart in random order: no ties, so max has one argmax."""
-    return rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1 - 1.0
-
-
-@st.composite
-def pool_cases(draw):
-    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    stride = draw(st.sampled_from([None, 1, 2, (2, 1), 3]))
-    padding = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
-    H, W = draw(st.integers(k[0], 7)), draw(st.integers(k[1], 7))
-    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    x = distinct(np.random.default_rng(draw(st.integers(0, 2**32 - 1))), (N, C, H, W))
-    return x, k, stride, padding, draw(st.booleans()), draw(st.booleans())
-
-
 def _stride(stride, k):
     if stride is None:
         return k
     return (stride, stride) if isinstance(stride, int) else stride
 
 
-@given(pool_cases())
+@given(pool2d_cases())
 def test_max_pool_forward_and_argmax_routing(case):
     x, k, stride, padding, ceil_mode, _ = case
     expected, grad_to = reference_pool(x, k, _stride(stride, k), padding, ceil_mode, "max")
@@ -91,7 +76,7 @@ def test_max_pool_forward_and_argmax_routing(case):
     np.testing.assert_allclose(t.grad, gx, rtol=1e-15, atol=0)
 
 
-@given(pool_cases())
+@given(pool2d_cases())
 def test_avg_pool_forward(case):
     x, k, stride, padding, ceil_mode, include = case
     expected, _ = reference_pool(x, k, _stride(stride, k), padding, ceil_mode, "avg", include)
@@ -102,7 +87,7 @@ def test_avg_pool_forward(case):
     np.testing.assert_allclose(y32.data, expected, rtol=1e-5, atol=1e-6)
 
 
-@given(pool_cases())
+@given(pool2d_cases())
 def test_gradients_match_finite_differences(case):
     x, k, stride, padding, ceil_mode, include = case
     t = tensor(x, requires_grad=True)
@@ -202,7 +187,7 @@ def test_errors_name_the_problem(fn, shape, err, match):
         ops.max_pool2d(tensor(np.ones((1, 1, 4, 4), np.int32)), 2)
 
 
-@given(pool_cases())
+@given(pool2d_cases())
 def test_matches_torch(torch, against_torch, case):
     x, k, stride, padding, ceil_mode, include = case
     F = torch.nn.functional
