@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 
 import minicnn
+import minicnn.models
 from minicnn import Function, nn, tensor
 from minicnn.fast import runtime
 from minicnn.gradcheck import GradcheckError
@@ -171,6 +172,15 @@ def test_module_to_converts_parameters_and_float_buffers_only():
     assert model.to(np.float64)[3].weight.dtype == np.float64
     with pytest.raises(TypeError, match=r"Sequential\.to: expected np\.float32 or np\.float64, got int32"):
         model.to(np.int32)
+
+
+@pytest.mark.parametrize("factory", ["fashion_cnn", "fashion_cnn_bn", "fashion_cnn_strong", "resnet20"])
+def test_model_factories_take_a_dtype(factory):
+    model = getattr(minicnn.models, factory)(dtype=np.float64)
+    assert {p.dtype for p in model.parameters()} == {np.dtype(np.float64)}
+    side = 28 if factory.startswith("fashion") else 32
+    with minicnn.no_grad():
+        assert model.eval()(tensor(np.zeros((1, 1 if side == 28 else 3, side, side)))).dtype == np.float64
 
 
 def test_dtype_mismatch_says_how_to_convert_the_model():

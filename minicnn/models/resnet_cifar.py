@@ -24,8 +24,11 @@ there: Kaiming normal for conv and linear weights; zero linear bias, BatchNorm
 weight 1 and bias 0.  Parameters: 269,722 / 464,154 / 658,586 / 853,018.
 ``pretrained=PATH`` loads akamaster's checkpoint (see ``minicnn.models.pretrained``); the
 model then carries its input convention and the CIFAR-10 names (``model.preprocess``,
-``model.classes``; None without pretrained weights).
+``model.classes``; None without pretrained weights).  ``dtype=np.float64`` returns the model
+in float64 (for gradient checks).
 """
+import numpy as np
+
 from .. import nn, ops
 from .pretrained import load_cifar_resnet
 
@@ -128,21 +131,21 @@ class ResNetCIFAR(nn.Module):
         return g(self.linear, g.flatten(g.global_avg_pool(out)))
 
 
-def resnet20(num_classes=10, pretrained=None):
+def resnet20(num_classes=10, pretrained=None, dtype=np.float32):
     """ResNet-20 (3 blocks per stage, 269,722 parameters)."""
-    return load_cifar_resnet(ResNetCIFAR((3, 3, 3), num_classes), pretrained)
+    return load_cifar_resnet(ResNetCIFAR((3, 3, 3), num_classes), pretrained).to(dtype)
 
 
-def resnet32(num_classes=10, pretrained=None):
+def resnet32(num_classes=10, pretrained=None, dtype=np.float32):
     """ResNet-32 (5 blocks per stage, 464,154 parameters)."""
-    return load_cifar_resnet(ResNetCIFAR((5, 5, 5), num_classes), pretrained)
+    return load_cifar_resnet(ResNetCIFAR((5, 5, 5), num_classes), pretrained).to(dtype)
 
 
-def resnet44(num_classes=10, pretrained=None):
+def resnet44(num_classes=10, pretrained=None, dtype=np.float32):
     """ResNet-44 (7 blocks per stage, 658,586 parameters)."""
-    return load_cifar_resnet(ResNetCIFAR((7, 7, 7), num_classes), pretrained)
+    return load_cifar_resnet(ResNetCIFAR((7, 7, 7), num_classes), pretrained).to(dtype)
 
 
-def resnet56(num_classes=10, pretrained=None):
+def resnet56(num_classes=10, pretrained=None, dtype=np.float32):
     """ResNet-56 (9 blocks per stage, 853,018 parameters)."""
-    return load_cifar_resnet(ResNetCIFAR((9, 9, 9), num_classes), pretrained)
+    return load_cifar_resnet(ResNetCIFAR((9, 9, 9), num_classes), pretrained).to(dtype)
