@@ -82,6 +82,14 @@ def test_check_function_names_each_fault(mul, fault, match):
         check_function(mul, *_pair())
 
 
+def test_check_function_leaves_out_a_tensor_that_does_not_require_grad(mul):
+    """A float32 Tensor without requires_grad is a constant: not differentiated, but run in
+    the dtype of each pass like the others (a wrong gradient for it goes unnoticed)."""
+    Mul.fault = "value"                                  # in w's gradient
+    x, w = _pair()
+    assert check_function(mul, x, tensor(w.astype(np.float32)))
+
+
 def test_check_function_passes_non_float_inputs_through():
     class Take(Function):
         @staticmethod

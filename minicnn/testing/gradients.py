@@ -92,7 +92,7 @@ def check_function(function, *inputs, tolerance=None, seed=0, **options):
     for dtype in (np.float64, np.float32):
         raw = [_raw(x).astype(dtype) if _floating(x) else _raw(x) for x in inputs]
         results[dtype] = _forward_backward(function, raw, differentiable, names, options, seed, dtype)
-    tensors = [Tensor(_raw(x).astype(np.float64), requires_grad=True) if d else x
+    tensors = [Tensor(_raw(x).astype(np.float64), requires_grad=d) if _floating(x) else x
                for x, d in zip(inputs, differentiable)]
     if any(differentiable):
         check_gradients(lambda *ts: function.apply(*ts, **options), tensors, names=names, eps=tol["eps"],
