@@ -38,17 +38,17 @@ TARGETS = ["minicnn/ops", "minicnn/optim", "minicnn/train/callbacks.py", "minicn
 
 # Which tests exercise which source file (the first match wins).
 TESTS = {
-    "minicnn/ops/activation.py": ["tests/test_activation.py"],
+    "minicnn/ops/activation.py": ["tests/test_activation.py", "tests/test_reference_ops.py"],
     "minicnn/ops/arith.py": ["tests/test_ops_math.py"],
     "minicnn/ops/reduce.py": ["tests/test_ops_math.py"],
     "minicnn/ops/special.py": ["tests/test_activation.py", "tests/test_ops_math.py"],
     "minicnn/ops/shape.py": ["tests/test_ops_shape.py"],
     "minicnn/ops/conv.py": ["tests/test_conv.py", "tests/test_reference_core.py"],
-    "minicnn/ops/pool.py": ["tests/test_pool.py"],
-    "minicnn/ops/norm.py": ["tests/test_norm.py"],
+    "minicnn/ops/pool.py": ["tests/test_pool.py", "tests/test_reference_ops.py"],
+    "minicnn/ops/norm.py": ["tests/test_norm.py", "tests/test_reference_ops.py"],
     "minicnn/ops/loss.py": ["tests/test_loss.py"],
     "minicnn/ops/dropout.py": ["tests/test_dropout.py"],
-    "minicnn/ops/linear.py": ["tests/test_nn_module.py", "tests/test_bad_input.py"],
+    "minicnn/ops/linear.py": ["tests/test_nn_module.py", "tests/test_bad_input.py", "tests/test_reference_ops.py"],
     "minicnn/ops/checks.py": ["tests/test_bad_input.py"],
     "minicnn/ops/dispatch.py": ["tests/test_reference_core.py"],
     "minicnn/ops/util.py": ["tests/test_ops_math.py", "tests/test_ops_shape.py"],

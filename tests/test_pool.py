@@ -198,3 +198,16 @@ def test_matches_torch(torch, against_torch, case):
                   lambda t: F.avg_pool2d(t, k, s, padding, ceil_mode, include), x)
     for size in [(1, 1), (2, 3), (x.shape[2], None)]:
         against_torch(lambda t: ops.adaptive_avg_pool2d(t, size), lambda t: F.adaptive_avg_pool2d(t, size), x)
+
+
+def test_defaults_are_torchs():
+    """stride = kernel_size, no padding, floor (not ceil) of the output size (a 5x5 input pools
+    2x2 windows to 2x2), padding counted in averages."""
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    np.testing.assert_array_equal(ops.max_pool2d(tensor(x), 2).data, [[[[6, 8], [16, 18]]]])
+    np.testing.assert_array_equal(ops.avg_pool2d(tensor(x), 2).data, [[[[3, 5], [13, 15]]]])
+    np.testing.assert_array_equal(nn.AvgPool2d(2)(tensor(x)).data, [[[[3, 5], [13, 15]]]])
+    np.testing.assert_array_equal(nn.MaxPool2d(2)(tensor(x)).data, [[[[6, 8], [16, 18]]]])
+    corner = (0 + 1 + 5 + 6) / 9                         # zero padding counted: 4 values over 9 cells
+    assert ops.avg_pool2d(tensor(x), 3, padding=1).data[0, 0, 0, 0] == corner
+    assert nn.AvgPool2d(3, padding=1)(tensor(x)).data[0, 0, 0, 0] == corner
