@@ -1,14 +1,14 @@
 """Torch tensors and storages as a checkpoint's pickle describes them, and their NumPy views.
 
 While the pickle runs, a tensor is only a record (:class:`TensorRecord`: storage,
-offset, size, stride, dtype): frozen, unhashable, and checked for shape when it
-is made.  Once every storage's bytes are read, :func:`resolve` walks the loaded
+offset, size, stride, dtype): a tuple, so immutable, made unhashable, and checked
+for shape when it is made.  Once every storage's bytes are read, :func:`resolve` walks the loaded
 tree and turns each record into a NumPy view of its storage, after checking in
 bytes that the first and last byte it addresses lie inside that storage.
 Tensors that share a storage stay views of one buffer, as in torch; a copy is
 made only where the bytes must change (big-endian files, bfloat16 widened to
-float32, bool bytes other than 0/1, tensors with the neg/conj bit), once per
-storage, and charged to the load's :class:`~minicnn.io.pickle_vm.Budget`.
+float32, bool bytes other than 0/1: once per storage; the neg/conj bit: per
+tensor), each charged to the load's :class:`~minicnn.io.pickle_vm.Budget`.
 """
 import _compat_pickle
 import math
