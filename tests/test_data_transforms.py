@@ -93,6 +93,20 @@ def test_crop_draws_every_offset_about_equally_often(mode):
     assert np.abs(counts - expected).max() < 5 * np.sqrt(expected), counts
 
 
+def test_color_jitter_contrast_blends_with_the_mean_grey():
+    x = rng(1).uniform(0.25, 0.75, (3, 1, 4, 5))           # grey, and no clipping at 0.5x contrast
+    m = x.mean(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(ColorJitter(contrast=(0.5, 0.5))(x, rng()), m + 0.5 * (x - m), rtol=1e-12)
+
+
+def test_random_erasing_keeps_the_aspect_ratio():
+    """area 1/4 of 16x16 with h/w = 4: a 16 x 4 rectangle, one per image."""
+    out = RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(4, 4), value=0)(np.ones((5, 1, 16, 16)), rng(2))
+    erased = out[:, 0] == 0
+    assert (erased.any(axis=2).sum(axis=1) == 16).all() and (erased.any(axis=1).sum(axis=1) == 4).all()
+    assert (erased.sum(axis=(1, 2)) == 64).all()
+
+
 @given(batches(), seeds)
 def test_rotation_by_zero_is_identity(x, seed):
     for t in (RandomRotation(0), RandomRotation((0, 0)), RandomAffine()):

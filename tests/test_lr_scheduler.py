@@ -182,3 +182,13 @@ def test_a_scheduler_state_that_does_not_work_changes_nothing():
         with pytest.raises(ValueError, match=match):
             sched.load_state_dict(state)
         assert sched.state_dict() == before and sched.optimizer is opt
+
+
+def test_sequential_lr_starts_each_scheduler_at_its_milestone():
+    """Three schedulers, milestones 2 and 5: step t runs scheduler k at t - (its milestone)."""
+    opt = _mini_opt()
+    parts = [LinearLR(opt, 0.25, total_iters=2), StepLR(opt, 1, gamma=0.5), CosineAnnealingLR(opt, T_max=4)]
+    seq = SequentialLR(opt, parts, milestones=[2, 5])
+    for step in range(9):
+        k, start = (0, 0) if step < 2 else (1, 2) if step < 5 else (2, 5)
+        assert seq.lr_at(step) == parts[k].lr_at(step - start), step

@@ -268,3 +268,14 @@ def test_a_state_that_does_not_fit_changes_nothing(name, options):
     opt.load_state_dict(saved)
     assert opt.param_groups[0]["lr"] == saved["param_groups"][0]["lr"]
     assert all(np.array_equal(opt.state[id(params[0])][k], v) for k, v in saved["state"][0].items())
+
+
+def test_load_state_dict_accepts_initial_lr_and_refuses_unknown_options():
+    """A scheduler stores 'initial_lr' in the groups; any other option the optimizer does not
+    have is a corrupt or foreign state."""
+    p = nn.Parameter(np.zeros(2))
+    opt = optim.SGD([p], lr=0.1)
+    saved = opt.state_dict()
+    opt.load_state_dict({**saved, "param_groups": [{**saved["param_groups"][0], "initial_lr": 0.1}]})
+    with pytest.raises(ValueError, match="unknown option 'momentun'"):
+        opt.load_state_dict({**saved, "param_groups": [{**saved["param_groups"][0], "momentun": 0.9}]})
