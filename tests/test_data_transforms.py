@@ -105,6 +105,9 @@ def test_random_erasing_keeps_the_aspect_ratio():
     erased = out[:, 0] == 0
     assert (erased.any(axis=2).sum(axis=1) == 16).all() and (erased.any(axis=1).sum(axis=1) == 4).all()
     assert (erased.sum(axis=(1, 2)) == 64).all()
+    # area 2 with h/w = 0.1: h rounds to 0 (w to 4), so nothing is erased
+    thin = RandomErasing(p=1.0, scale=(2 / 64, 2 / 64), ratio=(0.1, 0.1), value=0)(np.ones((5, 1, 8, 8)), rng(2))
+    assert (thin == 1).all()
 
 
 @given(batches(), seeds)
