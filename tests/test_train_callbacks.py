@@ -122,6 +122,14 @@ def test_reduce_lr_max_mode_with_min_delta():
     assert lrs + [trainer.optimizer.param_groups[0]["lr"]] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
 
 
+def test_reduce_lr_reduces_small_learning_rates_too():
+    """1e-6 -> 1e-7 is a change (only a no-op at the floor is skipped)."""
+    trainer = Stub(lr=1e-6)
+    drive(ReduceLROnPlateau(factor=0.1, patience=1), [1.0, 1.0], trainer=trainer)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-7, rel=1e-12)
+    assert trainer.optimizer.param_groups[1]["lr"] == pytest.approx(1e-8, rel=1e-12)
+
+
 def test_reduce_lr_resets_on_improvement():
     trainer = Stub(lr=1.0)
     drive(ReduceLROnPlateau(factor=0.1, patience=2), [5, 5, 4, 4, 3, 3, 2], trainer=trainer)
