@@ -258,6 +258,8 @@ class _Arrays:
         if count * itemsize > self.budget.limit:  # so that materializing it stays in budget
             raise LimitExceededError(f"{_describe(rec)} spans {count * itemsize:,} bytes, over the memory "
                                      f"budget of {self.budget.limit:,} bytes (pass a larger max_bytes=)")
+        if neg and elems.dtype.kind == "b":
+            raise FileFormatError(f"{_describe(rec)} has the neg bit, which a bool tensor cannot have")
         if count == 0:
             return np.zeros(size, elems.dtype)
         last = offset
@@ -269,8 +271,6 @@ class _Arrays:
                                   f"holding {elems.size * stored:,} bytes")
         out = np.ndarray(size, elems.dtype, elems, offset * itemsize, tuple(s * itemsize for s in stride))
         conj = conj and out.dtype.kind == "c"  # conjugating a real tensor changes nothing
-        if neg and out.dtype.kind == "b":
-            raise FileFormatError(f"{_describe(rec)} has the neg bit, which a bool tensor cannot have")
         if neg or conj:
             self.budget.take(out.nbytes, f"{_describe(rec)} with its neg/conj bit applied")
             out = out.copy()  # in place below: a ufunc's result on a 0-d array would be a scalar
