@@ -603,3 +603,13 @@ def test_neg_and_conj_bits_keep_zero_dim_tensors_arrays(tmp_path, fmt):
                      write_legacy(tmp_path / "bits.pt", pkl, blobs, numels={"conj": 1, "neg": 1}))
     assert type(got["c"]) is np.ndarray and got["c"].shape == () and got["c"] == 1 - 2j
     assert type(got["n"]) is np.ndarray and got["n"].shape == () and got["n"] == -3
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_neg_bit_on_a_bool_tensor_is_refused(tmp_path, n):
+    # found by the fuzzer: NumPy cannot negate bools (TypeError), and the empty case used to load
+    pkl = PROTO + G("torch._utils", "_rebuild_tensor_v2") + T(
+        PID("0", n, "BoolStorage"), I(0), T(I(n)), T(I(1)), FALSE,
+        G("collections", "OrderedDict") + b")R", D((S("neg"), b"\x88"))) + b"R" + STOP
+    with pytest.raises(FileFormatError, match=r"negb\.pt: .* neg bit"):
+        load_torch(write_zip(tmp_path / "negb.pt", pkl, {"0": bytes(n)}))
