@@ -373,7 +373,10 @@ def _tensor(t, case, budget):
     if count * out_item > budget:
         raise Expect("LimitExceededError")
     if count == 0:
-        arr = np.zeros(t["size"], stored)
+        try:
+            arr = np.zeros(t["size"], stored)
+        except ValueError:  # e.g. (0, 2**20, 2**40): NumPy's size limit
+            raise Expect("FileFormatError") from None
     else:
         last = t["offset"] + sum((n - 1) * st_ for n, st_ in zip(t["size"], t["stride"]))
         if last >= elems.size:

@@ -613,3 +613,10 @@ def test_neg_bit_on_a_bool_tensor_is_refused(tmp_path, n):
         G("collections", "OrderedDict") + b")R", D((S("neg"), b"\x88"))) + b"R" + STOP
     with pytest.raises(FileFormatError, match=r"negb\.pt: .* neg bit"):
         load_torch(write_zip(tmp_path / "negb.pt", pkl, {"0": bytes(n)}))
+
+
+def test_empty_tensor_whose_other_dims_overflow_numpy_is_refused(tmp_path):
+    # found by the fuzzer: np.zeros((0, 2**20, 2**40), complex64) raised a bare ValueError
+    pkl = PROTO + D((S("t"), TENSOR(PID("0", 0), 0, (0, 2**20, 2**40), (0, 0, 0), dtype="complex64"))) + STOP
+    with pytest.raises(FileFormatError, match=r"huge\.pt: .* an empty shape NumPy cannot represent"):
+        load_torch(write_zip(tmp_path / "huge.pt", pkl, {"0": b""}))

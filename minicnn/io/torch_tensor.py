@@ -261,7 +261,10 @@ class _Arrays:
         if neg and elems.dtype.kind == "b":
             raise FileFormatError(f"{_describe(rec)} has the neg bit, which a bool tensor cannot have")
         if count == 0:
-            return np.zeros(size, elems.dtype)
+            try:
+                return np.zeros(size, elems.dtype)
+            except ValueError:  # the other dimensions multiply past what NumPy can index
+                raise FileFormatError(f"{_describe(rec)}: an empty shape NumPy cannot represent") from None
         last = offset
         for n, s in zip(size, stride):
             last += (n - 1) * s
