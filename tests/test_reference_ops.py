@@ -72,3 +72,22 @@ def test_linear(n, fin, fout, bias, seed):
     rng = np.random.default_rng(seed)
     arrays = [rng.standard_normal((n, fin)), rng.standard_normal((fout, fin))] + ([rng.standard_normal(fout)] * bias)
     both_ways(lambda *t: ops.linear(*t), arrays)
+
+
+def test_linear_gives_exactly_the_gradients_asked_for(rng):
+    """Each subset of (x, weight, bias) requiring grad gets its gradients, the others none,
+    on both paths (e.g. the input gradient of a frozen layer, as saliency maps need)."""
+    arrays = [rng.standard_normal((3, 4)), rng.standard_normal((2, 4)), rng.standard_normal(2)]
+    g = rng.standard_normal((3, 2))
+    for reference in (False, True):
+        with minicnn.reference_mode(reference):
+            full = [tensor(a, requires_grad=True) for a in arrays]
+            ops.linear(*full).backward(g)
+            for need in ("x", "w", "b", "xb", "wb", "xw"):
+                part = [tensor(a, requires_grad=k in need) for a, k in zip(arrays, "xwb")]
+                ops.linear(*part).backward(g)
+                for f, p, k in zip(full, part, "xwb"):
+                    if k in need:
+                        np.testing.assert_allclose(p.grad, f.grad, rtol=1e-12, err_msg=f"{need}: {k}")
+                    else:
+                        assert p.grad is None
