@@ -211,3 +211,10 @@ def test_defaults_are_torchs():
     corner = (0 + 1 + 5 + 6) / 9                         # zero padding counted: 4 values over 9 cells
     assert ops.avg_pool2d(tensor(x), 3, padding=1).data[0, 0, 0, 0] == corner
     assert nn.AvgPool2d(3, padding=1)(tensor(x)).data[0, 0, 0, 0] == corner
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 8), (1, 1, 8, 2)])
+def test_a_kernel_larger_than_one_side_is_an_error(shape):
+    for pool in (ops.max_pool2d, ops.avg_pool2d):
+        with pytest.raises(ValueError, match=r"kernel \(3, 3\) is larger than the padded input"):
+            pool(tensor(np.ones(shape)), 3)
