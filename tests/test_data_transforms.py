@@ -93,6 +93,16 @@ def test_crop_draws_every_offset_about_equally_often(mode):
     assert np.abs(counts - expected).max() < 5 * np.sqrt(expected), counts
 
 
+def test_without_augmentation_keeps_plain_callables_and_the_bounds_are_inclusive():
+    """A callable without an ``augmentation`` attribute is deterministic: kept for evaluation.
+    scale up to 1 (the whole image) is a valid RandomErasing argument."""
+    def halve(x, rng=None):
+        return x / 2
+    kept = without_augmentation(Compose([halve, RandomHorizontalFlip()])).transforms
+    assert kept == [halve]
+    assert RandomErasing(scale=(0.5, 1.0)).scale == (0.5, 1.0)
+
+
 def test_color_jitter_contrast_blends_with_the_mean_grey():
     x = rng(1).uniform(0.25, 0.75, (3, 1, 4, 5))           # grey, and no clipping at 0.5x contrast
     m = x.mean(axis=(1, 2, 3), keepdims=True)
