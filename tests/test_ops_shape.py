@@ -171,3 +171,8 @@ def test_shape_ops_vs_torch(against_torch, rng):
     against_torch(lambda t: t.permute(3, 0, 2, 1), lambda t: t.permute(3, 0, 2, 1), x)
     against_torch(lambda t: t.flatten(1), lambda t: t.flatten(1), x)
     against_torch(lambda t: t.squeeze(1).unsqueeze(-1), lambda t: t.squeeze(1).unsqueeze(-1), x)
+
+
+def test_stack_defaults_to_a_new_first_axis():
+    a, b = tensor(np.zeros((2, 3))), tensor(np.ones((2, 3)))
+    np.testing.assert_array_equal(ops.stack([a, b]).data, np.stack([a.data, b.data]))
