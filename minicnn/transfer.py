@@ -29,7 +29,7 @@ The usual recipe, and the tools here for each step::
   :class:`GradualUnfreezing` unfreezes the top stages first, a few at a time.
 """
 from . import nn
-from .nn.dropout import _DropoutBase
+from .nn.dropout import DropoutBase
 from .nn.norm import BatchNorm
 from .train.callbacks import Callback
 from .train.predict import MODEL_TRANSFORM, predict
@@ -104,7 +104,7 @@ def _is_fixed(module):
     """True if training cannot change ``module`` or its output: nothing trainable, no dropout,
     and every BatchNorm frozen (so in eval mode in a TransferModel)."""
     return not any(p.requires_grad for p in module.parameters()) and not any(
-        isinstance(m, _DropoutBase) or (isinstance(m, BatchNorm) and not _is_frozen_norm(m))
+        isinstance(m, DropoutBase) or (isinstance(m, BatchNorm) and not _is_frozen_norm(m))
         for m in module.modules())
 
 

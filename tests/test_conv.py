@@ -19,6 +19,7 @@ from minicnn.fast.kernels import conv as kernels
 from minicnn.fast import conv as fast_conv
 from minicnn.fast.conv import plan as plan_mod
 from minicnn.ops import conv as conv_mod
+from minicnn.ops.checks import as_pair
 
 
 def reference_conv(x, w, b, stride, pads, dilation, groups):
@@ -55,7 +56,7 @@ def conv_cases(max_side=7, winograd=False):
 def edge(n, c, h, w, o, kh, kw, stride=1, padding=0, bias=True, seed=0):
     """An explicit case at a geometry where the routes' bookkeeping is at its edges."""
     rng = np.random.default_rng(seed)
-    s = conv_mod.as_pair(stride, "", "", 1)
+    s = as_pair(stride, "", "", 1)
     pads = conv_mod.conv_padding(padding, (h, w), (kh, kw), s, (1, 1))
     return Conv2dCase(rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw)),
                       rng.standard_normal(o) if bias else None,

@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import ops
 from ..ops.checks import check_array
-from ..ops.conv import as_pair
+from ..ops.checks import as_pair
 from . import init
 from .module import Module
 from .parameter import Parameter

@@ -3,7 +3,7 @@ from .. import ops
 from .module import Module
 
 
-class _DropoutBase(Module):
+class DropoutBase(Module):
     """Holds ``p``, the probability of zeroing (default 0.5)."""
 
     def __init__(self, p=0.5):
@@ -16,7 +16,7 @@ class _DropoutBase(Module):
         return f"p={self.p}"
 
 
-class Dropout(_DropoutBase):
+class Dropout(DropoutBase):
     """Inverted dropout: in training, each element is zeroed with probability p and the
     rest are scaled by 1/(1 - p); in eval mode, the identity.  Any input shape."""
 
@@ -24,7 +24,7 @@ class Dropout(_DropoutBase):
         return ops.dropout(x, self.p, self.training)
 
 
-class Dropout2d(_DropoutBase):
+class Dropout2d(DropoutBase):
     """Channel dropout for (N, C, H, W): in training, each whole channel of each sample is
     zeroed with probability p and the rest scaled by 1/(1 - p); in eval mode, the identity."""
 

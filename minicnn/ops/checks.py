@@ -26,3 +26,21 @@ def check_dtypes(op, x, **params):
                 fix += (f" or build the layer with dtype=np.{x.dtype}, or convert the model with "
                         f"model.to(np.{x.dtype})")
             raise TypeError(f"{op}: {name} dtype {p.dtype} differs from input dtype {x.dtype}; {fix}")
+
+
+def as_pair(v, what, layer, minimum):
+    """``v`` (int or pair of ints, each >= ``minimum``) as a pair; errors name ``layer`` and ``what``."""
+    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(isinstance(p, (int, np.integer)) for p in pair):
+        raise TypeError(f"{layer}: {what} must be an int or a pair of ints, got {v!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{layer}: {what} must be >= {minimum}, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_float_input(x, layer, ndim=4, layout="(N, C, H, W)"):
+    """Raise unless ``x`` is a float32/float64 array of rank ``ndim``."""
+    if x.ndim != ndim:
+        raise ValueError(f"{layer}: expected a {ndim}-D input {layout}, got shape {tuple(x.shape)}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{layer}: expected a float32 or float64 input, got {x.dtype}")

@@ -35,9 +35,9 @@ from numpy.lib.stride_tricks import as_strided
 from ..tensor import Function
 from . import dispatch
 from .checks import check_dtypes
+from .checks import as_pair, check_float_input
 from .util import raw
 
-_FLOATS = (np.float32, np.float64)
 
 
 def _padded_size(size, k, s, p, d, n_out):
@@ -133,16 +133,6 @@ class Conv2d(Function):
 
 # --------------------------------------------------------------------- arguments
 
-def as_pair(v, what, layer, minimum):
-    """``v`` (int or pair of ints, each >= ``minimum``) as a pair; errors name ``layer`` and ``what``."""
-    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(p, (int, np.integer)) for p in pair):
-        raise TypeError(f"{layer}: {what} must be an int or a pair of ints, got {v!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{layer}: {what} must be >= {minimum}, got {v!r}")
-    return int(pair[0]), int(pair[1])
-
-
 def _same_padding(size, k, s, d):
     """(before, after) padding of 'same' along one axis: output ⌈size/s⌉, as TensorFlow
     (for s = 1 this is PyTorch's symmetric 'same'); the odd pixel goes after."""
@@ -161,14 +151,6 @@ def conv_padding(padding, in_hw, kernel, stride, dilation, layer="conv2d"):
         raise ValueError(f"{layer}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     ph, pw = as_pair(padding, "padding", layer, 0)
     return (ph, ph), (pw, pw)
-
-
-def check_float_input(x, layer, ndim=4, layout="(N, C, H, W)"):
-    """Raise unless ``x`` is a float32/float64 array of rank ``ndim``."""
-    if x.ndim != ndim:
-        raise ValueError(f"{layer}: expected a {ndim}-D input {layout}, got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"{layer}: expected a float32 or float64 input, got {x.dtype}")
 
 
 class ConvGeometry(NamedTuple):

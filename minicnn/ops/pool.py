@@ -24,7 +24,7 @@ import numpy as np
 
 from ..tensor import Function
 from . import dispatch
-from .conv import as_pair, check_float_input
+from .checks import as_pair, check_float_input
 
 
 class MaxPool2d(Function):

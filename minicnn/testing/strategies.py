@@ -24,7 +24,8 @@ except ImportError as exc:          # hypothesis is the optional extra "testing"
     raise ImportError("minicnn.testing's strategies need hypothesis, which is not installed: "
                       "pip install \"minicnn[testing]\" (or pip install hypothesis)") from exc
 
-from ..ops.conv import as_pair, conv_padding
+from ..ops.checks import as_pair
+from ..ops.conv import conv_padding
 
 _SEEDS = st.integers(0, 2**32 - 1)
 
