@@ -60,11 +60,7 @@ def implementation(op, reference, key, route=None):
     """The Function that runs ``op`` for ``key`` (the call's geometry): see the module docstring."""
     if route is None and reference_enabled() or route == "reference":
         return reference
-    if op not in _choosers:
-        if route is not None:
-            raise ValueError(f"{op}: unknown route {route!r}; available: {', '.join(routes(op))}")
-        return reference
-    chooser, names = _choosers[op]
+    chooser, names = _choosers.get(op, (None, ()))
     if route is not None and route not in names:
         raise ValueError(f"{op}: unknown route {route!r}; available: {', '.join(routes(op))}")
-    return chooser(key, route) or reference
+    return chooser(key, route) or reference if chooser else reference
