@@ -477,6 +477,12 @@ def test_layer_norm_equals_reference(lead, normalized, with_affine, seed):
        seed=st.integers(0, 2**32 - 1))
 @example(shape=(2, 3, 4, 5), training=True, with_residual=True, relu=True, channels_last=True, seed=0)
 @example(shape=(2, 3, 4, 5), training=False, with_residual=True, relu=True, channels_last=False, seed=1)
+# Larger than one block of the channels-last kernels (64 values, 3 when C = 24), over several
+# slices, with and without the residual's gradient written out.
+@example(shape=(5, 24, 9, 7), training=True, with_residual=True, relu=True, channels_last=True, seed=2)
+@example(shape=(4, 16, 8, 8), training=True, with_residual=False, relu=True, channels_last=True, seed=3)
+@example(shape=(3, 16, 6, 6), training=True, with_residual=True, relu=False, channels_last=True, seed=4)
+@example(shape=(3, 16, 6, 6), training=True, with_residual=True, relu=True, channels_last=False, seed=5)
 def test_fused_batch_norm_equals_the_separate_reference_ops(shape, training, with_residual, relu, channels_last,
                                                             seed):
     """relu(batch_norm(x) + residual) in one pass equals the three reference ops."""

@@ -41,9 +41,8 @@ from ..ops import dispatch
 from ..ops.norm import check_batch_norm
 from ..ops.util import raw
 from ..tensor import Function
-from .activation import relu_grad
-from .kernels.norm import (CLAMPS, col_sums, grad_cols, grad_rows, normalize_cols, normalize_rows, row_grad_sums,
-                           row_moments)
+from .kernels.norm import (CLAMPS, fold, grad_rows, grad_tiles, normalize_rows, normalize_tiles, row_grad_sums,
+                           row_moments, tile, tile_sums)
 from .layout import EMPTY, nhwc
 from .runtime import configure
 
@@ -56,29 +55,38 @@ def _row_stats(rows, columns=False):
     """Mean and M2 = Σ(x - mean)² of each row of a contiguous (R, L) array, or with
     ``columns`` of each column of a (P, C) one; float64."""
     if columns:
-        shift = rows[0].astype(np.float64)        # the shifted-data algorithm, as row_moments
-        s = np.empty((min(_COL_SLICES, rows.shape[0]), rows.shape[1]))
+        P, C = rows.shape
+        shift = tile(rows[0], C)        # the shifted-data algorithm, as row_moments
+        s = np.empty((min(_COL_SLICES, P), shift.size))
         ss = np.empty_like(s)
-        col_sums(rows, shift, rows, shift, s, ss)
-        s, ss = s.sum(axis=0), ss.sum(axis=0)
-        return shift + s / rows.shape[0], np.maximum(ss - s * s / rows.shape[0], 0.0)
+        flat, none = rows.reshape(-1), EMPTY[rows.dtype][1]
+        tile_sums(flat, shift, flat, shift, none, s, ss, none)
+        s, ss = fold(s, C), fold(ss, C)
+        return shift[:C] + s / P, np.maximum(ss - s * s / P, 0.0)
     mean = np.empty(rows.shape[0])
     m2 = np.empty(rows.shape[0])
     row_moments(rows, mean, m2)
     return mean, m2
 
 
-def _row_sums(g_rows, rows, mean_r, columns=False):
-    """Σg and Σg·(x - mean_r) of each row (or with ``columns``, each column), float64."""
+def _row_sums(g_rows, rows, mean_r, columns=False, mask=None, keep=False):
+    """Σv and Σv·(x - mean_r) of each row (or with ``columns``, each column), float64, with
+    v = g·[mask > 0] (a fused ReLU's output) or g; and v as an array if ``keep``, else None."""
+    empty = EMPTY[g_rows.dtype][1 if columns else 2]
+    mask = empty if mask is None else mask
+    gm = np.empty_like(g_rows) if keep else empty
     if columns:
-        sg = np.empty((min(_COL_SLICES, rows.shape[0]), rows.shape[1]))
+        P, C = rows.shape
+        sg = np.empty((min(_COL_SLICES, P), tile(mean_r, C).size))
         sgx = np.empty_like(sg)
-        col_sums(g_rows, np.zeros(rows.shape[1]), rows, mean_r, sg, sgx)
-        return sg.sum(axis=0), sgx.sum(axis=0)
-    sg = np.empty(rows.shape[0])
-    sgx = np.empty(rows.shape[0])
-    row_grad_sums(g_rows, rows, mean_r, sg, sgx)
-    return sg, sgx
+        tile_sums(g_rows.reshape(-1), np.zeros(sg.shape[1]), rows.reshape(-1), tile(mean_r, C), mask.reshape(-1),
+                  sg, sgx, gm.reshape(-1))
+        sg, sgx = fold(sg, C), fold(sgx, C)
+    else:
+        sg = np.empty(rows.shape[0])
+        sgx = np.empty(rows.shape[0])
+        row_grad_sums(g_rows, mask, rows, mean_r, sg, sgx, gm)
+    return sg, sgx, gm if keep else None
 
 
 def _per_row(a, shape):
@@ -90,16 +98,28 @@ def _normalize(rows, mean_r, scale_r, shift_r, dtype, columns=False, res=None, r
     """(x - μ_r)·scale_r + shift_r per row (or column), plus ``res`` (rows' shape) if given,
     through ReLU if ``relu``; as a new array of ``dtype``."""
     out = np.empty(rows.shape, dtype)
-    res = EMPTY[np.dtype(dtype)][2] if res is None else res
-    (normalize_cols if columns else normalize_rows)(rows, mean_r, scale_r, shift_r, res,
-                                                    *CLAMPS["relu" if relu else None], out)
+    clamp = CLAMPS["relu" if relu else None]
+    if columns:
+        C = rows.shape[1]
+        res = EMPTY[np.dtype(dtype)][1] if res is None else res.reshape(-1)
+        normalize_tiles(rows.reshape(-1), tile(mean_r, C), tile(scale_r, C), tile(shift_r, C), res, *clamp,
+                        out.reshape(-1))
+    else:
+        normalize_rows(rows, mean_r, scale_r, shift_r, EMPTY[np.dtype(dtype)][2] if res is None else res, *clamp,
+                       out)
     return out
 
 
-def _input_grad(g_rows, rows, mean_r, alpha, beta, gamma, columns=False):
-    """dL/dx = α·g + β·(x - μ) + γ per row (or column), in x's dtype."""
+def _input_grad(g_rows, rows, mean_r, alpha, beta, gamma, columns=False, mask=None):
+    """dL/dx = α·v + β·(x - μ) + γ per row (or column), v = g·[mask > 0] or g, in x's dtype."""
     gx = np.empty(rows.shape, np.result_type(g_rows, rows))
-    (grad_cols if columns else grad_rows)(g_rows, rows, mean_r, alpha, beta, gamma, gx)
+    if columns:
+        C = rows.shape[1]
+        mask = EMPTY[g_rows.dtype][1] if mask is None else mask.reshape(-1)
+        grad_tiles(g_rows.reshape(-1), mask, rows.reshape(-1), tile(mean_r, C), tile(alpha, C), tile(beta, C),
+                   tile(gamma, C), gx.reshape(-1))
+    else:
+        grad_rows(g_rows, EMPTY[g_rows.dtype][2] if mask is None else mask, rows, mean_r, alpha, beta, gamma, gx)
     return gx
 
 
@@ -185,10 +205,14 @@ class ChannelNorm(Function):
         rows, mean_r, rstd, weight, y = ctx.saved
         grid, columns = ctx.grid, ctx.columns
         g_rows = _as_rows(g, rows.shape, columns)
-        if y is not None:                                   # fused ReLU: its gradient first
-            g_rows = relu_grad(g_rows, y)
-        g_res = _from_rows(g_rows, ctx.shape, columns) if ctx.needs_input_grad[3:] == (True,) else None
-        sg, sgx = (a.reshape(grid) for a in _row_sums(g_rows, rows, mean_r, columns))
+        # A fused ReLU's gradient mask [y > 0] is applied by the kernels as they read g; the
+        # masked gradient is written out only when it is also the residual's gradient.
+        needs_res = ctx.needs_input_grad[3:] == (True,)
+        sg, sgx, g_masked = _row_sums(g_rows, rows, mean_r, columns, y, keep=needs_res and y is not None)
+        if g_masked is not None:
+            g_rows, y = g_masked, None
+        g_res = _from_rows(g_rows, ctx.shape, columns) if needs_res else None
+        sg, sgx = sg.reshape(grid), sgx.reshape(grid)
         sgxhat = sgx * rstd                                 # Σ g·x̂ per row
         C = grid[1] * grid[2]
         gw = gb = gx = None
@@ -204,8 +228,8 @@ class ChannelNorm(Function):
                 mean_gxhat_xhat = (w * sgxhat).sum(axis=ctx.axes, keepdims=True) / ctx.n
                 beta = -rstd * rstd * mean_gxhat_xhat
                 gamma = -rstd * mean_gxhat
-            gx = _from_rows(_input_grad(g_rows, rows, mean_r, _per_row(w * rstd, grid),
-                                        _per_row(beta, grid), _per_row(gamma, grid), columns), ctx.shape, columns)
+            gx = _from_rows(_input_grad(g_rows, rows, mean_r, _per_row(w * rstd, grid), _per_row(beta, grid),
+                                        _per_row(gamma, grid), columns, y), ctx.shape, columns)
         return gx, gw, gb, g_res
 
 
@@ -244,7 +268,7 @@ class LayerNorm(Function):
             gb = g_rows.sum(axis=0).reshape(ctx.norm_shape).astype(ctx.bias_dtype)
         if ctx.needs_input_grad[0]:
             g_xhat = g_rows if weight is None else g_rows * weight.reshape(-1)
-            sg, sgx = _row_sums(g_xhat, rows, mean_r)
+            sg, sgx, _ = _row_sums(g_xhat, rows, mean_r)
             beta = -rstd * rstd * (sgx * rstd) / L
             gx = _input_grad(g_xhat, rows, mean_r, rstd, beta, -rstd * sg / L).reshape(ctx.shape)
         return gx, gw, gb

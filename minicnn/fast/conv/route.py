@@ -23,7 +23,7 @@ import numpy as np
 
 from ...tensor import Function
 from ..kernels import conv as K
-from ..kernels.norm import CLAMPS, normalize_cols_serial
+from ..kernels.norm import CLAMPS, normalize_tiles_serial, tile
 from ..kernels.reduce import column_sums
 from ..layout import EMPTY, nhwc
 from ..runtime import parallel_for
@@ -150,12 +150,11 @@ def _epilogue(plan, y, scale, shift, residual, activation):
     """The per-chunk inference epilogue of a channels-last output (``post``): run(part, pre)
     writes y[part] = act(pre·scale + shift + residual[part]), pre being the chunk's raw
     NHWC result.  (Not in place: LLVM's vectorized loop refuses aliased arrays.)"""
-    zero = np.zeros(plan.O)
+    zero, scale, shift = tile(np.zeros(plan.O), plan.O), tile(scale, plan.O), tile(shift, plan.O)
     lo, hi = CLAMPS[activation]
     res = None if residual is None else np.ascontiguousarray(residual.transpose(0, 2, 3, 1))   # a view if channels-last
 
     def run(part, pre):
-        cols = pre.reshape(-1, plan.O)
-        r = EMPTY[y.dtype][2] if res is None else res[part].reshape(cols.shape)
-        normalize_cols_serial(cols, zero, scale, shift, r, lo, hi, y[part].reshape(cols.shape))
+        r = EMPTY[y.dtype][1] if res is None else res[part].reshape(-1)
+        normalize_tiles_serial(pre.reshape(-1), zero, scale, shift, r, lo, hi, y[part].reshape(-1))
     return run
