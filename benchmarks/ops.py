@@ -106,11 +106,13 @@ def _gemms_only():
 
     import numpy as np
     from minicnn.fast.kernels import conv as kernels
+    from minicnn.fast.kernels import winograd as winograd_kernels
     from numba import njit
     from minicnn.fast.conv import plan
-    for name in ("transpose", "im2row", "row2im", "im2col", "col2im", "winograd_input", "winograd_output",
-                 "winograd_output_grad", "winograd_input_grad"):
+    for name in ("transpose", "im2row", "row2im", "im2col", "col2im"):
         setattr(kernels, name, lambda *args: None)
+    for name in ("winograd_tiles", "winograd_output", "winograd_input_grad"):
+        setattr(winograd_kernels, name, lambda *args: None)
     # The row taps unroll inside their Numba kernels: recompile those with no-op unrolling.
     skip = njit(nogil=True)(lambda *args: None)
     for name in ("rowtap_forward", "rowtap_backward"):

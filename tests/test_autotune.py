@@ -67,7 +67,7 @@ def test_timed_once_per_geometry_and_used(tuned, rng, tmp_path):
     assert len(tuned) == 1
     g, training, candidates = tuned[0]
     assert training and g == conv_geometry(x, w, None, 1, 1, 1, 1)
-    assert set(candidates) == {"winograd", "im2col", "rowtaps", "im2row"}
+    assert set(candidates) == {"winograd", "winograd4", "im2col", "rowtaps", "im2row", "direct"}
     assert candidates[0] == "rowtaps"                  # the static choice is timed first
     np.testing.assert_array_equal(x, x_before)         # timing never reads or writes the caller's arrays
     np.testing.assert_array_equal(w, w_before)

@@ -41,6 +41,8 @@ def cases(reference):
     out["depthwise"] = grads(dw, x, rng.standard_normal((8, 1, 3, 2)), rng.standard_normal(8))
     x2 = rng.standard_normal((2, 64, 5, 6))           # wide enough for Winograd
     out["winograd"] = grads(lambda x, w: ops.conv2d(x, w, padding=(1, 0)), x2, rng.standard_normal((64, 64, 3, 3)))
+    w4 = lambda x, w, b: ops.conv2d(x, w, b, padding=(2, 1), route=route("winograd4"))   # 7x6 output: cut tiles
+    out["winograd4"] = grads(w4, x, rng.standard_normal((3, 4, 3, 3)), rng.standard_normal(3))
     thin = lambda x, w, b: ops.conv2d(x, w, b, stride=(1, 2), padding=(2, 1), dilation=(2, 1))   # im2col
     out["im2col"] = grads(thin, x[:, :2], rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3))
     out["pointwise"] = grads(lambda x, w: ops.conv2d(x, w), x, rng.standard_normal((5, 4, 1, 1)))

@@ -125,7 +125,7 @@ def conv_cases(draw, route):
     if route == "pointwise":
         kh = kw = 1
         padding = draw(st.sampled_from([0, "valid", "same"]))
-    elif route == "winograd":
+    elif route in ("winograd", "winograd4"):
         kh = kw = 3
         padding = draw(padding_choices)
     else:
@@ -224,6 +224,15 @@ def test_winograd_equals_reference(case):
     check_route("winograd", case)
 
 
+@given(case=conv_cases("winograd4"))
+@example(case=conv_case(N=3, C=2, H=5, W=7, O=3, padding=0, chunk=2))                       # 3x5 output: one tile, cut
+@example(case=conv_case(N=2, C=3, H=9, W=10, O=2, padding="same", channels_last=True, seed_channels_last=True))
+@example(case=conv_case(N=1, C=1, H=1, W=1, O=1, padding=1, bias=False))                    # one tile, mostly padding
+@example(case=conv_case(N=4, C=2, H=10, W=6, O=2, padding=(2, 0), chunk=1, needs=(True, False, True)))
+def test_winograd4_equals_reference(case):
+    check_route("winograd4", case)
+
+
 @given(case=conv_cases("im2col"))
 @example(case=conv_case(N=4, C=3, H=6, W=5, O=2, kh=2, kw=2, padding=0, chunk=2))
 @example(case=conv_case(N=2, C=1, H=7, W=7, O=3, kh=3, kw=2, stride=(2, 3), dilation=(2, 1), padding="same",
@@ -267,6 +276,7 @@ F32_RTOL = 1e-4
 @given(case=st.sampled_from(sorted(ROUTES)).flatmap(lambda r: conv_cases(r).map(lambda c: (r, c))))
 @example(case=("winograd", conv_case(N=4, C=40, H=9, W=10, O=64, padding=1, chunk=2)))
 @example(case=("winograd", conv_case(N=2, C=3, H=5, W=4, O=2, padding="same", channels_last=True)))
+@example(case=("winograd4", conv_case(N=4, C=40, H=9, W=10, O=64, padding=1, chunk=2)))
 @example(case=("rowtaps", conv_case(N=3, C=16, H=8, W=9, O=8, kh=2, kw=3, padding=0)))
 @example(case=("im2row", conv_case(N=2, C=8, H=6, W=6, O=4, groups=2, stride=2, padding=1)))
 @example(case=("im2col", conv_case(N=2, C=3, H=8, W=8, O=16, padding=1)))

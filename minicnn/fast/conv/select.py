@@ -15,6 +15,8 @@ def preferred(name, g):
     C, O, kw = g.x_shape[1], g.w_shape[0], g.w_shape[3]
     if name == "winograd":
         return min(C, O) >= WINOGRAD_MIN_CHANNELS and max(C, O) >= WINOGRAD_MIN_WIDTH
+    if name == "winograd4":     # autotuned only: the static choices keep the float32 rounding of the
+        return False            # other routes (F(4x4)'s is ~10x theirs, tests/test_winograd4.py)
     if name == "im2col":
         return C * g.w_shape[2] * kw <= IM2COL_MAX_TAPS
     if name == "rowtaps":

@@ -1,24 +1,84 @@
 """Winograd F(2x2, 3x3): 3x3 stride-1 ungrouped convolutions with 2.25x fewer multiplications.
 
-Each 2x2 block of output pixels is computed from a 4x4 input tile d; over the channels
-the work is 16 GEMMs per chunk, one per tile position ξ = 4a + b (Lavin & Gray 2016):
+Each m x m block of output pixels (m = 2 here) is computed from an n x n input tile d
+(n = m + 2); over the channels the work is n² GEMMs per chunk, one per tile position
+ξ = n·a + b (Lavin & Gray 2016):
 
     forward   M_ξ = V_ξ · U_ξ,            V = Bᵀ d B per tile, U = G g Gᵀ, y = Aᵀ M A
-    backward  dU_ξ = Σ_chunks V_ξᵀ · dM_ξ,  dM = A dy Aᵀ,   dV_ξ = dM_ξ · U_ξᵀ,  dx = B dV Bᵀ
+    backward  dU_ξ = Σ_chunks V_ξᵀ · dM_ξ,  dM = A dy Aᵀ,   dV_ξ = dM_ξ · U_ξᵀ,  dx = B dV Bᵀ,
+              dw = Gᵀ dU G
 
-Exact in exact arithmetic, with rounding errors of the same order as the direct
-method's in float32 and float64.  The transforms are Numba kernels
-(``kernels.conv.winograd_*``) driven by tables of their nonzero terms.
+with V (n², tiles, C), U (n², C, O), M (n², tiles, O).  Exact in exact arithmetic; for
+m = 2 the rounding errors are of the same order as the direct method's in float32 and
+float64.  :class:`Winograd` is written for any :class:`Transform` (its matrices Bᵀ, G, Aᵀ):
+``winograd4.py`` is the same route with F(4x4, 3x3)'s.  The tile transforms are the Numba
+kernels of ``kernels.winograd``, driven by tables of the matrices' nonzero terms.
 """
 import numpy as np
 
-from ..kernels import conv as K
+from ..kernels import winograd as KW
 from .plan import Plan
 from .route import ChunkedConv, nhwc_grad
 
 
+class Transform:
+    """The matrices of Winograd F(m x m, 3x3): Bᵀ (n, n), G (n, 3), Aᵀ (m, n) with n = m + 2,
+    and the kernels' tables of Bᵀ, B, Aᵀ and A (per dtype: taps, coefficients, counts)."""
+
+    def __init__(self, BT, G, AT):
+        self.BT, self.G, self.AT = (np.asarray(a, np.float64) for a in (BT, G, AT))
+        self.m, self.n = self.AT.shape
+        assert self.BT.shape == (self.n, self.n) and self.G.shape == (self.n, 3) and self.n == self.m + 2
+        self.tables = {np.dtype(t): {name: terms(mat, t) for name, mat in
+                                     (("input", self.BT), ("input_grad", self.BT.T),
+                                      ("output", self.AT), ("output_grad", self.AT.T))}
+                       for t in (np.float32, np.float64)}
+
+    def weight(self, w):
+        """w (O, C, 3, 3) -> U (n², C, O), U[n·a + b, c, o] = (G w[o, c] Gᵀ)[a, b], computed in
+        float64 (G has fractions such as 1/6 that float32 does not hold) and rounded once."""
+        O, C = w.shape[:2]
+        n = self.n
+        gw = np.tensordot(self.G, w.reshape(O * C, 3, 3).astype(np.float64), axes=(1, 1))   # (n, OC, 3)
+        u = np.tensordot(gw, self.G, axes=(2, 1)).reshape(n, O, C, n).transpose(0, 3, 2, 1)  # (a, b, C, O)
+        return np.ascontiguousarray(u, dtype=w.dtype).reshape(n * n, C, O)
+
+    def weight_grad(self, du, w_shape):
+        """The adjoint of :meth:`weight`: dU (n², C, O) -> dw (O, C, 3, 3) = Gᵀ dU G."""
+        O, C = w_shape[:2]
+        n = self.n
+        gd = np.tensordot(self.G, du.reshape(n, n * C * O).astype(np.float64), axes=(0, 0))   # (3, nCO): Gᵀ over a
+        gdg = np.tensordot(gd.reshape(3, n, C * O), self.G, axes=(1, 0))                     # (3, CO, 3): · G over b
+        return np.ascontiguousarray(gdg.reshape(3, C, O, 3).transpose(2, 1, 0, 3), dtype=du.dtype)
+
+
+def terms(mat, dtype):
+    """The nonzero terms of out[p] = Σ_q mat[p, q] · in[q]: column indices (p, MAX_TERMS),
+    coefficients (p, MAX_TERMS) in ``dtype`` (both padded with zeros) and counts (p,)."""
+    p = mat.shape[0]
+    taps = np.zeros((p, KW.MAX_TERMS), np.int64)
+    coefs = np.zeros((p, KW.MAX_TERMS), dtype)
+    counts = np.zeros(p, np.int64)
+    for row in range(p):
+        nonzero = np.flatnonzero(mat[row])
+        if len(nonzero) > KW.MAX_TERMS:
+            raise ValueError(f"Winograd transform: row {row} has {len(nonzero)} nonzero terms, "
+                             f"the kernels take at most {KW.MAX_TERMS}")
+        counts[row] = len(nonzero)
+        taps[row, :len(nonzero)] = nonzero
+        coefs[row, :len(nonzero)] = mat[row, nonzero]
+    return taps, coefs, counts
+
+
+# Winograd F(2x2, 3x3), points 0, ±1, ∞.
+F2x2 = Transform(BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+                 G=[[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
+                 AT=[[1, 1, 1, 0], [0, 1, -1, -1]])
+
+
 class Winograd(ChunkedConv):
     name = "winograd"
+    transform = F2x2
 
     @staticmethod
     def applies(g):
@@ -27,101 +87,49 @@ class Winograd(ChunkedConv):
     @classmethod
     def plan(cls, x_shape, w, options):
         Ho, Wo = options[4]
-        tiles = (-(-Ho // 2), -(-Wo // 2))
-        plan = Plan(x_shape, w, options, per_image=16 * tiles[0] * tiles[1] * x_shape[1])
+        m, n = cls.transform.m, cls.transform.n
+        tiles = (-(-Ho // m), -(-Wo // m))
+        plan = Plan(x_shape, w, options, per_image=n * n * tiles[0] * tiles[1] * x_shape[1])
         plan.tiles = tiles
+        plan.positions = n * n
+        plan.tables = cls.transform.tables[plan.dtype]
         return plan
 
-    @staticmethod
-    def prepare(plan, w, b, post=None):
-        return winograd_weight(w)
+    @classmethod
+    def prepare(cls, plan, w, b, post=None):
+        return cls.transform.weight(w)
 
-    @staticmethod
-    def input_tiles(plan, xh):
-        """The transformed input tiles (16, tiles, C) of an NHWC chunk, in the worker's ``rows`` buffer."""
-        n = xh.shape[0]
-        v = plan.buffer("rows", 16, n * plan.tiles[0] * plan.tiles[1], plan.C)
-        K.winograd_input(xh, plan.taps[2], plan.taps[3], *plan.tiles, *_TABLES[plan.dtype][0],
-                         padded_tiles(plan, n), v)
+    @classmethod
+    def input_tiles(cls, plan, xh):
+        """The transformed input tiles V (n², tiles, C) of an NHWC chunk, in the worker's ``rows`` buffer."""
+        v = plan.buffer("rows", plan.positions, xh.shape[0] * plan.tiles[0] * plan.tiles[1], plan.C)
+        KW.winograd_tiles(xh, plan.taps[2], plan.taps[3], *plan.tiles, cls.transform.n, *plan.tables["input"], v)
         return v
 
     @classmethod
     def forward_chunk(cls, plan, u, part, xh, bias, out):
         v = cls.input_tiles(plan, xh)
-        m = plan.buffer("yt", 16, v.shape[1], plan.O)
+        m = plan.buffer("yt", plan.positions, v.shape[1], plan.O)
         np.matmul(v, u, out=m)
-        K.winograd_output(m, *plan.tiles, *_TABLES[plan.dtype][1], out)
-        if bias.size:
-            K.add_bias(out.reshape(-1, plan.O), bias)
+        KW.winograd_output(m, *plan.tiles, *plan.tables["output"], bias, out)
 
     @classmethod
     def backward_chunk(cls, plan, u, part, xh, g, g_is_nhwc, gw, gx):
         n = g.shape[0]
         gh = nhwc_grad(plan, g, g_is_nhwc, "gh")
-        dm = plan.buffer("yt", 16, n * plan.tiles[0] * plan.tiles[1], plan.O)
-        K.winograd_output_grad(gh, *plan.tiles, *_TABLES[plan.dtype][2], dm)
+        dm = plan.buffer("yt", plan.positions, n * plan.tiles[0] * plan.tiles[1], plan.O)
+        KW.winograd_tiles(gh, 0, 0, *plan.tiles, cls.transform.m, *plan.tables["output_grad"], dm)
         if gw is not None:
             np.matmul(cls.input_tiles(plan, xh).transpose(0, 2, 1), dm, out=gw)
         if gx is not None:
-            dv = plan.buffer("rows", 16, dm.shape[1], plan.C)
+            dv = plan.buffer("rows", plan.positions, dm.shape[1], plan.C)
             np.matmul(dm, u.transpose(0, 2, 1), out=dv)
-            K.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *_TABLES[plan.dtype][0],
-                                  padded_tiles(plan, n), gx)
+            KW.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *plan.tables["input_grad"], gx)
 
     @staticmethod
     def grad_slot(plan, u):
-        return (16, plan.C, plan.O)
+        return (plan.positions, plan.C, plan.O)
 
-    @staticmethod
-    def weight_grad(gu, w_shape, plan):
-        return winograd_weight_grad(gu, w_shape)
-
-
-def padded_tiles(plan, n):
-    """Scratch for the chunk zero-padded to whole tiles, NHWC (n, 2·th + 2, 2·tw + 2, C)."""
-    return plan.buffer("xp", n, 2 * plan.tiles[0] + 2, 2 * plan.tiles[1] + 2, plan.C)
-
-
-# Winograd F(2x2, 3x3) matrices (see kernels/conv.py): U = G g Gᵀ per (c, o).
-_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
-_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
-
-
-def _terms(coef, n_out, n_in):
-    """The nonzero terms of out[p] = Σ_q coef(p, q) · in[q]: (indices, signs, counts) as arrays,
-    each row's terms in increasing q, padded with zeros to the longest row."""
-    taps = [[q for q in range(n_in) if coef(p, q)] for p in range(n_out)]
-    width = max(map(len, taps))
-    signs = [[coef(p, q) for q in row] + [0] * (width - len(row)) for p, row in enumerate(taps)]
-    counts = np.array([len(row) for row in taps])
-    return np.array([row + [0] * (width - len(row)) for row in taps]), np.array(signs, dtype=np.float64), counts
-
-
-# (Bᵀ d B)[4a + b] from d[i, j]: 4 terms each; (Aᵀ M A)[2i + j] from M[4a + b]: 9 terms each;
-# its adjoint (A dY Aᵀ)[4a + b] from dY[i, j]: 1, 2 or 4 terms.
-_IN_TAPS, _IN_SIGNS, _ = _terms(lambda p, q: _BT[p // 4, q // 4] * _BT[p % 4, q % 4], 16, 16)
-_IN_TAPS = np.stack([_IN_TAPS // 4, _IN_TAPS % 4], axis=-1)
-_OUT_TAPS, _OUT_SIGNS, _ = _terms(lambda p, q: _AT[p // 2, q // 4] * _AT[p % 2, q % 4], 4, 16)
-_OUT_GRAD_TAPS, _OUT_GRAD_SIGNS, _OUT_GRAD_COUNTS = _terms(lambda k, p: _AT[p // 2, k // 4] * _AT[p % 2, k % 4], 16, 4)
-# Per dtype: the input transform's (taps, signs), the output transform's, and its adjoint's (taps, signs, counts).
-_TABLES = {np.dtype(t): ((_IN_TAPS, _IN_SIGNS.astype(t)), (_OUT_TAPS, _OUT_SIGNS.astype(t)),
-                           (_OUT_GRAD_TAPS, _OUT_GRAD_SIGNS.astype(t), _OUT_GRAD_COUNTS)) for t in (np.float32, np.float64)}
-
-
-def winograd_weight(w):
-    """w (O, C, 3, 3) -> U (16, C, O), U[4a + b, c, o] = (G w[o, c] Gᵀ)[a, b]."""
-    O, C = w.shape[:2]
-    g = _G.astype(w.dtype)
-    gw = np.tensordot(g, w.reshape(O * C, 3, 3), axes=(1, 1))         # (4, OC, 3)
-    return np.ascontiguousarray(np.tensordot(gw, g, axes=(2, 1)).reshape(4, O, C, 4)
-                                .transpose(0, 3, 2, 1)).reshape(16, C, O)
-
-
-def winograd_weight_grad(du, w_shape):
-    """The adjoint of winograd_weight: dU (16, C, O) -> dw (O, C, 3, 3) = Gᵀ dU G."""
-    O, C = w_shape[:2]
-    g = _G.astype(du.dtype)
-    gd = np.tensordot(g, du.reshape(4, 4 * C * O), axes=(0, 0))        # (3, 4CO): Gᵀ over a
-    gdg = np.tensordot(gd.reshape(3, 4, C * O), g, axes=(1, 0))       # (3, CO, 3): · G over b
-    return np.ascontiguousarray(gdg.reshape(3, C, O, 3).transpose(2, 1, 0, 3))
+    @classmethod
+    def weight_grad(cls, gu, w_shape, plan):
+        return cls.transform.weight_grad(gu, w_shape)

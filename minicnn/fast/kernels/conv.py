@@ -1,6 +1,6 @@
 """Numba kernels for convolution: im2row/row2im and the layout moves for the GEMM
-route, the row taps (width-only windows and their GEMMs, per image), direct
-depthwise loops, and the Winograd F(2x2, 3x3) transforms.
+route, the row taps (width-only windows and their GEMMs, per image) and direct
+depthwise loops (the Winograd transforms are in ``kernels.winograd``).
 
 A chunk of ``nb`` images is unrolled *pixel-major* into a row matrix
 
@@ -20,7 +20,7 @@ with the long pixel axis as the GEMM's M dimension: OpenBLAS runs these narrow
 convolutions (16-64 channels) at 80-95 GFLOP/s per core this way, against 35-60
 with the pixel axis as N.  The rows are built from an NHWC copy of the chunk, so
 each tap copies C/G contiguous values.  Thin layers (channel-major im2col),
-depthwise convolutions and Winograd have their own sections below.
+depthwise convolutions have their own sections below.
 
 The kernels are plain Python functions compiled with ``njit`` below, so
 ``NUMBA_DISABLE_JIT=1`` runs them as Python.  They are serial and release the GIL:
@@ -423,149 +423,3 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, gx):
 shifted_plane = njit(cache=True, nogil=True, inline="always")(_shifted_plane)
 im2col = njit(cache=True, nogil=True)(_im2col)
 col2im = njit(cache=True, nogil=True)(_col2im)
-
-
-# ------------------------------------------------------------------ Winograd F(2x2, 3x3)
-# A 3x3, stride-1 convolution computed on 4x4 input tiles d that each give a 2x2
-# output tile (Lavin & Gray 2016):   Y = Aᵀ [ Σ_c (G g Gᵀ) ⊙ (Bᵀ d B) ] A
-#     Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-#     G  = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]
-#     Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]
-# The sum over channels is 16 GEMMs (one per tile position ξ = 4a + b) with 2.25x
-# fewer multiplications than the direct method.  Every entry of Bᵀ d B is a
-# ±sum of 4 entries of d and every entry of Aᵀ M A a ±sum of 9 entries of M; the
-# kernels take these as tables of taps and signs (``minicnn.ops.conv``) and work on whole
-# rows of channels, on NHWC data: each entry's terms are summed in one inner loop over
-# the channels (vectorized), reading a few contiguous rows and writing one.  Tiles
-# t = (n*th + ty)*tw + tx; tile (ty, tx) covers rows 2ty .. 2ty + 3 of the input
-# zero-padded by (ph, pw) at the top/left.
-
-def _winograd_input(xh, ph, pw, th, tw, taps, signs, xp, v):
-    """v[ξ, t, :] = Σ_k signs[ξ, k] · d_t[taps[ξ, k, 0], taps[ξ, k, 1], :]   (the 4 terms of Bᵀ d B).
-
-    xh (nb, H, W, C) NHWC; xp (nb, 2*th + 2, 2*tw + 2, C) scratch, filled with xh
-    zero-padded, so that every tile load is in bounds; v (16, nb*th*tw, C)."""
-    nb, H, W, C = xh.shape
-    Hp, Wp = xp.shape[1], xp.shape[2]
-    T = nb * th * tw
-    xp[...] = 0
-    rows, cols = min(H, Hp - ph), min(W, Wp - pw)
-    for n in range(nb):
-        for h in range(rows):
-            for w in range(cols):
-                for c in range(C):
-                    xp[_u(n), _u(h + ph), _u(w + pw), _u(c)] = xh[_u(n), _u(h), _u(w), _u(c)]
-    xf, vf = xp.reshape(-1), v.reshape(-1)
-    # Tile by tile, all 16 positions while the tile's rows are in L1, and each position's
-    # 4 terms in one vectorized pass over the channels (term by term, with the sum
-    # stored and reloaded in between, took 2.3x as long; the same bits).
-    for n in range(nb):
-        for ty in range(th):
-            for tx in range(tw):
-                corner = (n * Hp + 2 * ty) * Wp + 2 * tx
-                for k in range(16):
-                    out = ((k * T) + (n * th + ty) * tw + tx) * C
-                    a0 = (corner + taps[k, 0, 0] * Wp + taps[k, 0, 1]) * C
-                    a1 = (corner + taps[k, 1, 0] * Wp + taps[k, 1, 1]) * C
-                    a2 = (corner + taps[k, 2, 0] * Wp + taps[k, 2, 1]) * C
-                    a3 = (corner + taps[k, 3, 0] * Wp + taps[k, 3, 1]) * C
-                    s0, s1, s2, s3 = signs[k, 0], signs[k, 1], signs[k, 2], signs[k, 3]
-                    for c in range(C):
-                        vf[_u(out + c)] = (s0 * xf[_u(a0 + c)] + s1 * xf[_u(a1 + c)]
-                                           + s2 * xf[_u(a2 + c)] + s3 * xf[_u(a3 + c)])
-
-
-def _winograd_input_grad(dv, ph, pw, th, tw, taps, signs, dxp, dxh):
-    """The adjoint of winograd_input: dxh (nb, H, W, C) NHWC, overwritten, from dv (16,
-    nb*th*tw, C); dxp (nb, 2*th + 2, 2*tw + 2, C) scratch for the padded sum (tiles overlap)."""
-    nb, H, W, C = dxh.shape
-    Hp, Wp = dxp.shape[1], dxp.shape[2]
-    T = nb * th * tw
-    dxp[...] = 0
-    xf, vf = dxp.reshape(-1), dv.reshape(-1)
-    for k in range(16):
-        for n in range(nb):
-            for ty in range(th):
-                for tx in range(tw):
-                    src = ((k * T) + (n * th + ty) * tw + tx) * C
-                    for q in range(taps.shape[1]):
-                        sign = signs[k, q]
-                        out = ((n * Hp + 2 * ty + taps[k, q, 0]) * Wp + 2 * tx + taps[k, q, 1]) * C
-                        for c in range(C):
-                            xf[_u(out + c)] += sign * vf[_u(src + c)]
-    dxh[...] = 0
-    rows, cols = min(H, Hp - ph), min(W, Wp - pw)
-    for n in range(nb):
-        for h in range(rows):
-            for w in range(cols):
-                for c in range(C):
-                    dxh[_u(n), _u(h), _u(w), _u(c)] = dxp[_u(n), _u(h + ph), _u(w + pw), _u(c)]
-
-
-def _winograd_output(m, th, tw, taps, signs, yh):
-    """yh[n, 2ty + i, 2tx + j, :] = Σ_k signs[p, k] · m[taps[p, k], t, :] with p = 2i + j (the 9
-    terms of Aᵀ M A), for the pixels inside the output.  m (16, nb*th*tw, O), yh (nb, Ho, Wo, O) NHWC."""
-    nb, Ho, Wo, O = yh.shape
-    T = nb * th * tw
-    yf, mf = yh.reshape(-1), m.reshape(-1)
-    for p in range(4):                  # the 9 terms in one vectorized pass (as winograd_input)
-        i, j = p // 2, p % 2
-        s0, s1, s2, s3, s4, s5, s6, s7, s8 = (signs[p, 0], signs[p, 1], signs[p, 2], signs[p, 3], signs[p, 4],
-                                              signs[p, 5], signs[p, 6], signs[p, 7], signs[p, 8])
-        for n in range(nb):
-            for ty in range(th):
-                for tx in range(tw):
-                    if 2 * ty + i >= Ho or 2 * tx + j >= Wo:
-                        continue
-                    t = (n * th + ty) * tw + tx
-                    out = ((n * Ho + 2 * ty + i) * Wo + 2 * tx + j) * O
-                    b0, b1, b2 = (taps[p, 0] * T + t) * O, (taps[p, 1] * T + t) * O, (taps[p, 2] * T + t) * O
-                    b3, b4, b5 = (taps[p, 3] * T + t) * O, (taps[p, 4] * T + t) * O, (taps[p, 5] * T + t) * O
-                    b6, b7, b8 = (taps[p, 6] * T + t) * O, (taps[p, 7] * T + t) * O, (taps[p, 8] * T + t) * O
-                    for o in range(O):
-                        yf[_u(out + o)] = (s0 * mf[_u(b0 + o)] + s1 * mf[_u(b1 + o)] + s2 * mf[_u(b2 + o)]
-                                           + s3 * mf[_u(b3 + o)] + s4 * mf[_u(b4 + o)] + s5 * mf[_u(b5 + o)]
-                                           + s6 * mf[_u(b6 + o)] + s7 * mf[_u(b7 + o)] + s8 * mf[_u(b8 + o)])
-
-
-def _winograd_output_grad(gh, th, tw, taps, signs, counts, dm):
-    """The adjoint of winograd_output: dm[ξ, t, :] = Σ_k signs[ξ, k] · dY_t[taps[ξ, k], :] over
-    the counts[ξ] (1, 2 or 4) pixels p = 2i + j of output tile t that M[ξ] feeds (the terms
-    of A dY Aᵀ); dm (16, nb*th*tw, O), overwritten, from the output gradient gh (nb, Ho,
-    Wo, O) NHWC.  Each tile's 2x2 gradient is first copied to a small buffer, zero past
-    the edge, so each position is one vectorized pass (scattering term by term into dm
-    took 2.9x as long; the same bits)."""
-    nb, Ho, Wo, O = gh.shape
-    T = nb * th * tw
-    tile = np.empty(4 * O, gh.dtype)
-    gf, mf = gh.reshape(-1), dm.reshape(-1)
-    for n in range(nb):
-        for ty in range(th):
-            for tx in range(tw):
-                t = (n * th + ty) * tw + tx
-                for p in range(4):
-                    i, j = p // 2, p % 2
-                    inside = 2 * ty + i < Ho and 2 * tx + j < Wo
-                    src = ((n * Ho + 2 * ty + i) * Wo + 2 * tx + j) * O
-                    for o in range(O):
-                        tile[_u(p * O + o)] = gf[_u(src + o)] if inside else 0
-                for k in range(16):
-                    out = (k * T + t) * O
-                    p0, p1, p2, p3 = taps[k, 0] * O, taps[k, 1] * O, taps[k, 2] * O, taps[k, 3] * O
-                    s0, s1, s2, s3 = signs[k, 0], signs[k, 1], signs[k, 2], signs[k, 3]
-                    if counts[k] == 1:
-                        for o in range(O):
-                            mf[_u(out + o)] = s0 * tile[_u(p0 + o)]
-                    elif counts[k] == 2:
-                        for o in range(O):
-                            mf[_u(out + o)] = s0 * tile[_u(p0 + o)] + s1 * tile[_u(p1 + o)]
-                    else:
-                        for o in range(O):
-                            mf[_u(out + o)] = (s0 * tile[_u(p0 + o)] + s1 * tile[_u(p1 + o)]
-                                               + s2 * tile[_u(p2 + o)] + s3 * tile[_u(p3 + o)])
-
-
-winograd_input = njit(cache=True, nogil=True)(_winograd_input)
-winograd_input_grad = njit(cache=True, nogil=True)(_winograd_input_grad)
-winograd_output = njit(cache=True, nogil=True)(_winograd_output)
-winograd_output_grad = njit(cache=True, nogil=True)(_winograd_output_grad)
