@@ -25,8 +25,8 @@ example's work, with PyTorch doing the training:
   (patience 4, best weights restored at the end) and ``torch.optim.lr_scheduler.
   ReduceLROnPlateau`` on validation loss (factor 0.3, min 1e-5); one progress line per
   epoch, drawn by minicnn's ProgressBar so that the two runs' lines read alike;
-* afterwards: test logits in batches of 256, the test accuracy, and minicnn's
-  classification report and three plots on the NumPy results, as in the example.
+* afterwards: test logits in batches of 256, then the example's own ``report`` (test
+  accuracy, classification report, three plots) on the NumPy results.
 
 The lines ``Training took S s for E epochs`` and ``Test accuracy: A (C/N)`` are the ones
 ``end_to_end.py`` reads from both programs; from this one also whether minicnn's malloc
@@ -49,7 +49,7 @@ import minicnn
 from minicnn.data import DataLoader
 from minicnn.models import FASHION_MODELS
 from minicnn.optim import Adam
-from minicnn.train import History, Trainer, classification_report, confusion_matrix
+from minicnn.train import History, Trainer
 from minicnn.train.progress import ProgressBar
 
 from harness import ROOT
@@ -201,8 +201,6 @@ def main(argv=None):
     args, own = parse_args(example, argv)
     if own.threads is not None:
         torch.set_num_threads(own.threads)
-    from minicnn.viz import plot_confusion_matrix, plot_history, plot_misclassified  # matplotlib
-
     train, test = example.load_data(args)
     model, twin, tensor = build_models(args.model, args.seed, own.memory_format)
     train_loader, val_loader = example_loaders(model, train, args)
@@ -217,20 +215,7 @@ def main(argv=None):
     seconds = time.perf_counter() - start
 
     pred = predict(twin, tensor, test.images).argmax(axis=1)
-    correct = int(np.sum(pred == test.labels))
-    print(f"\nTraining took {seconds:.1f} s for {len(history)} epoch{'s' * (len(history) != 1)}, "
-          "validation included")
-    print(f"Test accuracy: {correct / len(test):.4f} ({correct}/{len(test)})\n")
-    print(classification_report(test.labels, pred, test.classes))
-
-    out = args.out
-    cm = confusion_matrix(test.labels, pred, len(test.classes))
-    saved = [plot_history(history, out / "curves.png", title=f"Fashion-MNIST, {args.model} CNN (torch)"),
-             plot_confusion_matrix(cm, test.classes, out / "confusion_matrix.png"),
-             plot_misclassified(test.images, test.labels, pred, test.classes, out / "misclassified.png"),
-             out / "best.pt", out / "history.csv"]
-    print("\nSaved: " + ", ".join(str(p) for p in saved))
-    return correct / len(test)
+    return example.report(history, seconds, test, pred, args.out, f"{args.model} CNN (torch)", args.out / "best.pt")
 
 
 if __name__ == "__main__":

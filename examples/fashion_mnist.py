@@ -134,7 +134,7 @@ def training_setup(args, model, steps_per_epoch):
 
 def main(argv=None):
     args = parse_args(argv)
-    from minicnn.viz import plot_confusion_matrix, plot_history, plot_misclassified  # matplotlib
+    import minicnn.viz  # noqa: F401  (matplotlib: fail now rather than after training)
 
     train, test = load_data(args)
     minicnn.manual_seed(args.seed)
@@ -167,21 +167,27 @@ def main(argv=None):
     if not is_main:
         return None
 
-    logits = predict(model, test)
-    pred = logits.argmax(axis=1)
+    pred = predict(model, test).argmax(axis=1)
+    return report(history, seconds, test, pred, args.out, f"{args.model} CNN", args.out / "best.npz")
+
+
+def report(history, seconds, test, pred, out, title, checkpoint):
+    """Print the training time, the test accuracy and the per-class report; save the learning
+    curves, confusion matrix and misclassified images to ``out``.  Returns the test accuracy.
+    (benchmarks/fashion_mnist_torch.py ends its run with this too, so that both do the same.)"""
+    from minicnn.viz import plot_confusion_matrix, plot_history, plot_misclassified  # matplotlib
     acc = float(np.mean(pred == test.labels))
-    took = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"   # not "0.0 min"
+    took = f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"   # not "0.0 min"
     print(f"\nTraining took {took} for {len(history)} "
           f"epoch{'s' * (len(history) != 1)}, validation included")
     print(f"Test accuracy: {acc:.4f} ({int(np.sum(pred == test.labels))}/{len(test)})\n")
     print(classification_report(test.labels, pred, test.classes))
 
-    out = args.out
     cm = confusion_matrix(test.labels, pred, len(test.classes))
-    saved = [plot_history(history, out / "curves.png", title=f"Fashion-MNIST, {args.model} CNN"),
+    saved = [plot_history(history, out / "curves.png", title=f"Fashion-MNIST, {title}"),
              plot_confusion_matrix(cm, test.classes, out / "confusion_matrix.png"),
              plot_misclassified(test.images, test.labels, pred, test.classes, out / "misclassified.png"),
-             out / "best.npz", out / "history.csv"]
+             checkpoint, out / "history.csv"]
     print("\nSaved: " + ", ".join(str(p) for p in saved))
     return acc
 
