@@ -262,6 +262,15 @@ def test_im2row_equals_reference(case):
     check_route("im2row", case)
 
 
+@given(case=conv_cases("direct"))
+@example(case=conv_case(N=3, C=16, H=5, W=11, O=20, padding=1, chunk=2))                     # blocks cut on both axes
+@example(case=conv_case(N=2, C=3, H=7, W=6, O=32, kh=2, kw=3, stride=2, dilation=(1, 2), padding="same",
+                        channels_last=True, seed_channels_last=True))
+@example(case=conv_case(N=1, C=2, H=2, W=3, O=1, kh=1, kw=2, padding=2, bias=False, needs=(True, False, False)))
+def test_direct_equals_reference(case):
+    check_route("direct", case)
+
+
 def test_every_conv_route_is_tested():
     tested = {name.removeprefix("test_").removesuffix("_equals_reference") for name in globals()
               if name.endswith("_equals_reference")}

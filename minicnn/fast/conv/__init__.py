@@ -7,6 +7,7 @@
     winograd    3x3 stride 1: Winograd F(2x2, 3x3), 2.25x fewer multiplications
     winograd4   3x3 stride 1: Winograd F(4x4, 3x3), 4x fewer multiplications, float32 a little less exact
     depthwise   one input channel per group: direct loops over the taps
+    direct      ungrouped, thin layers: blocks of 8 pixels x 16 output channels in SIMD registers, no GEMM
 
 :data:`ROUTES` is the one table of them.  ``minicnn.ops.conv2d`` asks :func:`choose`
 (registered with ``minicnn.ops.dispatch``) which route runs a geometry: the one forced
@@ -23,6 +24,7 @@ from ...tensor import Tensor, is_grad_enabled
 from . import autotune
 from .autotune import choices, format_choices
 from .depthwise import Depthwise
+from .direct import Direct
 from .im2col import Im2col
 from .im2row import Im2row
 from .pointwise import Pointwise
@@ -30,7 +32,7 @@ from .rowtaps import RowTaps
 from .winograd import Winograd
 from .winograd4 import Winograd4
 
-ROUTES = {r.name: r for r in (Depthwise, Pointwise, Winograd, Winograd4, Im2col, RowTaps, Im2row)}
+ROUTES = {r.name: r for r in (Depthwise, Pointwise, Winograd, Winograd4, Im2col, RowTaps, Im2row, Direct)}
 
 __all__ = ["ROUTES", "choices", "choose", "conv2d_fused", "format_choices"]
 
