@@ -1,11 +1,12 @@
 """Where a training step's time goes: wall time per autograd Function, forward and backward.
 
-    python benchmarks/profile_step.py [--model resnet20] [--steps 10] [--threads 2] [--top 25]
+    python benchmarks/profile_step.py [--model resnet20] [--steps 10] [--threads 2] [--top 25] [--infer]
 
 Builds the model of ``benchmarks/train_throughput.py`` (fused, as it trains), runs
 ``--warmup`` untimed steps, then times every Function's forward and backward (wall
 clock, summed over ``--steps`` steps, per Function and input shape) and the optimizer
-step.  Prints a table sorted by time, with each row's share of the step and, for
+step (with ``--infer``: an inference step of train_throughput's batch 256 in eval mode,
+without a graph, forwards only).  Prints a table sorted by time, with each row's share of the step and, for
 convolutions, the route that ran and the GFLOP/s it reached.  The sum of the rows is
 less than the step: the remainder is the autograd engine's own work (graph walk,
 gradient accumulation) and the loss.
@@ -17,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import MODELS, build_minicnn  # noqa: E402
+from train_throughput import EVAL_BATCH, MODELS, build_minicnn  # noqa: E402
 
 
 def _all_functions(cls):
@@ -82,6 +83,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--infer", action="store_true", help="time inference (eval, no graph, batch 256)")
     args = p.parse_args(argv)
     os.environ.setdefault("MINICNN_NUM_THREADS", str(args.threads))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
@@ -97,10 +99,17 @@ def main(argv=None):
     opt = optim.Adam(params, lr=1e-3) if opt_name == "adam" else optim.SGD(params, lr=0.05, momentum=0.9,
                                                                            weight_decay=5e-4)
     rng = np.random.default_rng(0)
+    if args.infer:
+        batch = EVAL_BATCH
+        model.eval()
     x = minicnn.tensor(rng.standard_normal((batch, *shape), dtype=np.float32))
     y = rng.integers(0, 10, batch)
 
     def step(timed_opt=None):
+        if args.infer:
+            with minicnn.no_grad():
+                model(x)
+            return
         loss = ops.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -118,8 +127,10 @@ def main(argv=None):
         step(opt_times)
     total = (time.perf_counter() - t0) / args.steps
     rows = sorted(((v[0] / args.steps, k, v) for k, v in totals.items()), key=lambda r: -r[0])
-    print(f"{args.model}, batch {batch}, {args.threads} threads: {total * 1e3:.1f} ms per step "
-          f"({batch / total:,.0f} img/s); optimizer {sum(opt_times) / args.steps * 1e3:.1f} ms")
+    print(f"{args.model} {'inference' if args.infer else 'training'}, batch {batch}, {args.threads} threads: "
+          f"{total * 1e3:.1f} ms per step "
+          f"({batch / total:,.0f} img/s)" + ("" if args.infer else
+                                             f"; optimizer {sum(opt_times) / args.steps * 1e3:.1f} ms"))
     print(f"{'ms/step':>8} {'share':>6} {'GFLOP/s':>8}  function  pass  route  input shapes")
     covered = 0.0
     for rank, (ms, ((name, shapes), kind), v) in enumerate(rows):
