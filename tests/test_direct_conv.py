@@ -63,21 +63,23 @@ def test_direct_applies_to_ungrouped_convolutions_only():
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_micro_kernel_adds_the_block_products(wide, dtype):
-    """acc[a0 + p·astride + l] += Σ_k x[x0 + p·xs + k·xk] · w[w0 + k·wk + l], compiled and
-    as Python, on strided offsets that a wrong index in either would read differently."""
+    """acc[a0 + p·astride + v·av + l] += Σ_k x[x0 + p·xs + k·xk] · w[w0 + k·wk + v·wv + l],
+    compiled and as Python, on strided offsets (a second weight vector before the first,
+    as for a pair of output rows) that a wrong index in either would read differently."""
     rng = np.random.default_rng(5)
-    width = (2 if wide else 1) * K.LANES
+    vectors = 2 if wide else 1
     x, w = rng.standard_normal(400).astype(dtype), rng.standard_normal(900).astype(dtype)
     acc = rng.standard_normal(K.PIXELS * 40 + 10).astype(dtype)
-    x0, xs, xk, w0, wk, n, a0, astride = 3, 7, 5, 11, 40, 19, 4, 40
+    x0, xs, xk, w0, wk, wv, n, a0, astride, av = 3, 7, 5, 111, 40, -90, 19, 4, 40, 20
     want = acc.copy()
     for p in range(K.PIXELS):
         xv = x[x0 + p * xs + xk * np.arange(n)]
-        ws = w[w0 + wk * np.arange(n)[:, None] + np.arange(width)]
-        want[a0 + p * astride:][:width] += (xv[:, None] * ws).sum(axis=0)
+        for v in range(vectors):
+            ws = w[w0 + v * wv + wk * np.arange(n)[:, None] + np.arange(K.LANES)]
+            want[a0 + p * astride + v * av:][:K.LANES] += (xv[:, None] * ws).sum(axis=0)
     compiled, python = acc.copy(), acc.copy()
-    K.block(wide, x, x0, xs, xk, w, w0, wk, n, compiled, a0, astride)
-    K.python_block(2 if wide else 1)(x, x0, xs, xk, w, w0, wk, n, python, a0, astride)
+    K.block(wide, x, x0, xs, xk, w, w0, wk, wv, n, compiled, a0, astride, av)
+    K.python_block(vectors)(x, x0, xs, xk, w, w0, wk, wv if wide else 0, n, python, a0, astride, av if wide else 0)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(compiled, want, rtol=rtol, atol=rtol)
     np.testing.assert_allclose(python, want, rtol=rtol, atol=rtol)

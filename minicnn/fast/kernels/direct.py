@@ -39,15 +39,16 @@ def python_block(vectors):
     """The micro-kernel with ``vectors`` LANES-wide accumulators per row, as plain Python
     (what the IR of :func:`block_ir` computes; it runs under ``NUMBA_DISABLE_JIT=1``):
 
-        acc[a0 + p·astride + l] += Σ_{k<n} x[x0 + p·xs + k·xk] · w[w0 + k·wk + l]
+        acc[a0 + p·astride + v·av + l] += Σ_{k<n} x[x0 + p·xs + k·xk] · w[w0 + k·wk + v·wv + l]
 
-    for p < PIXELS, l < vectors·LANES."""
-    def fma_block(x, x0, xs, xk, w, w0, wk, n, acc, a0, astride):
+    for p < PIXELS, v < vectors, l < LANES."""
+    def fma_block(x, x0, xs, xk, w, w0, wk, wv, n, acc, a0, astride, av):
         for p in range(PIXELS):
             for k in range(n):
-                v = x[x0 + p * xs + k * xk]
-                for lane in range(vectors * LANES):
-                    acc[a0 + p * astride + lane] += v * w[w0 + k * wk + lane]
+                value = x[x0 + p * xs + k * xk]
+                for v in range(vectors):
+                    for lane in range(LANES):
+                        acc[a0 + p * astride + v * av + lane] += value * w[w0 + k * wk + v * wv + lane]
     return fma_block
 
 
@@ -56,15 +57,15 @@ def block_ir(vectors):
     as LLVM vectors, which stay in registers through the loop over k.  x, w, acc: 1-D
     contiguous arrays of one float dtype; offsets and steps in elements, never out of
     bounds (nothing is checked)."""
-    def fma_block(typingctx, x, x0, xs, xk, w, w0, wk, n, acc, a0, astride):
+    def fma_block(typingctx, x, x0, xs, xk, w, w0, wk, wv, n, acc, a0, astride, av):
         if not all(isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) for a in (x, w, acc)) \
                 or len({x.dtype, w.dtype, acc.dtype}) != 1:
             return None
         i = types.int64
-        return types.none(x, i, i, i, w, i, i, i, acc, i, i), codegen
+        return types.none(x, i, i, i, w, i, i, i, i, acc, i, i, i), codegen
 
     def codegen(context, builder, sig, args):
-        xa, x0, xs, xk, wa, w0, wk, n, acca, a0, astride = args
+        xa, x0, xs, xk, wa, w0, wk, wv_, n, acca, a0, astride, av = args
         scalar = context.get_value_type(sig.args[0].dtype)
         vec = ir.VectorType(scalar, LANES)
         i64 = ir.IntType(64)
@@ -75,12 +76,12 @@ def block_ir(vectors):
         def data(value, ty):
             return cgutils.create_struct_proxy(ty)(context, builder, value=value).data
 
-        xp, wp, ap = data(xa, sig.args[0]), data(wa, sig.args[4]), data(acca, sig.args[8])
+        xp, wp, ap = data(xa, sig.args[0]), data(wa, sig.args[4]), data(acca, sig.args[9])
 
         def vector_at(base, offset):
             return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
 
-        slots = [builder.add(a0, builder.add(builder.mul(astride, const(p)), const(v * LANES)))
+        slots = [builder.add(a0, builder.add(builder.mul(astride, const(p)), builder.mul(av, const(v))))
                  for p in range(PIXELS) for v in range(vectors)]
         start = [builder.load(vector_at(ap, s), align=1) for s in slots]
         x_rows = [builder.add(x0, builder.mul(xs, const(p))) for p in range(PIXELS)]
@@ -103,7 +104,8 @@ def block_ir(vectors):
         builder.cbranch(builder.icmp_signed("<", k, n), body, done)
         builder.position_at_end(body)
         w_k = builder.add(w0, builder.mul(k, wk))
-        wv = [builder.load(vector_at(wp, builder.add(w_k, const(v * LANES))), align=1) for v in range(vectors)]
+        wv = [builder.load(vector_at(wp, builder.add(w_k, builder.mul(wv_, const(v)))), align=1)
+              for v in range(vectors)]
         step = builder.mul(k, xk)
         new = []
         for p in range(PIXELS):
@@ -122,13 +124,13 @@ def block_ir(vectors):
     return fma_block
 
 
-def _block(wide, x, x0, xs, xk, w, w0, wk, n, acc, a0, astride):
-    """The micro-kernel on 2·LANES output channels if ``wide`` (each broadcast value feeds
-    two FMAs: 32 -> 32 channels 107 -> 130 GFLOP/s), else on LANES."""
+def _block(wide, x, x0, xs, xk, w, w0, wk, wv, n, acc, a0, astride, av):
+    """The micro-kernel with two vectors per row if ``wide`` (each broadcast value feeds two
+    FMAs: 32 -> 32 channels 107 -> 130 GFLOP/s), else one (``wv``, ``av`` unused)."""
     if wide:
-        fma_block_wide(x, x0, xs, xk, w, w0, wk, n, acc, a0, astride)
+        fma_block_wide(x, x0, xs, xk, w, w0, wk, wv, n, acc, a0, astride, av)
     else:
-        fma_block(x, x0, xs, xk, w, w0, wk, n, acc, a0, astride)
+        fma_block(x, x0, xs, xk, w, w0, wk, 0, n, acc, a0, astride, 0)
 
 
 def _padded_shape(Ho, Wo, kh, kw, sh, sw, dh, dw):
@@ -164,7 +166,11 @@ def _direct_conv(src, wd, bias, sh, sw, top, left, dh, dw, xp, acc, y):
     """y (n, Ho, Wo, O) = bias + the convolution of src (n, H, W, C) with wd (kh, kw, C, Op),
     all NHWC / channels last; Op = O rounded up to LANES (zero weights past O).  ``top``,
     ``left``: the padding (negative: cropped); bias (O,) or empty.  Scratch: xp flat, at
-    least Hp·Wp·C (``padded_shape``), acc (PIXELS·LANES,)."""
+    least Hp·Wp·C (``padded_shape``), acc (2·PIXELS·LANES,).
+
+    Each block of 2·LANES accumulators per pixel is either 2·LANES output channels, or
+    (with LANES-wide blocks, stride and dilation 1) LANES channels of two output rows: an
+    input row between them is read once for both, through kernel rows i and i - 1."""
     n, H, W, C = src.shape
     kh, kw, _, Op = wd.shape
     Ho, Wo, O = y.shape[1], y.shape[2], y.shape[3]
@@ -175,22 +181,39 @@ def _direct_conv(src, wd, bias, sh, sw, top, left, dh, dw, xp, acc, y):
     span, calls = (kw * C, 1) if dw == 1 else (C, kw)
     wide = Op % (2 * LANES) == 0
     width = 2 * LANES if wide else LANES
+    rows = 2 if not wide and sh == 1 and dh == 1 else 1
+    krow = kw * C * Op                     # one kernel row of wd
     for b in range(n):
         pad_image(src[b], top, left, Hp, Wp, xp)
-        for oh in range(Ho):
+        for oh in range(0, Ho, rows):
+            two = rows == 2 and oh + 1 < Ho
             for ow0 in range(0, Wo, PIXELS):
                 for ob in range(0, Op, width):
-                    for q in range(PIXELS * width):
+                    for q in range(2 * PIXELS * LANES):
                         acc[_u(q)] = 0
-                    for i in range(kh):
-                        row = ((oh * sh + i * dh) * Wp + ow0 * sw) * C
-                        for j in range(calls):
-                            block(wide, xp, row + j * dw * C, sw * C, 1, wf, ((i * kw + j) * C) * Op + ob, Op, span,
-                                  acc, 0, width)
-                    for p in range(min(PIXELS, Wo - ow0)):
-                        for o in range(min(width, O - ob)):
-                            v = acc[_u(p * width + o)]
-                            y[_u(b), _u(oh), _u(ow0 + p), _u(ob + o)] = v + bias[ob + o] if has_bias else v
+                    if two:         # input rows oh .. oh + kh: kernel row r for oh, r - 1 for oh + 1
+                        for r in range(kh + 1):
+                            row = ((oh + r) * Wp + ow0 * sw) * C
+                            for j in range(calls):
+                                x0, w0 = row + j * dw * C, (r * kw + j) * C * Op + ob
+                                if r == 0:
+                                    block(False, xp, x0, sw * C, 1, wf, w0, Op, 0, span, acc, 0, 2 * LANES, 0)
+                                elif r == kh:
+                                    block(False, xp, x0, sw * C, 1, wf, w0 - krow, Op, 0, span, acc, LANES,
+                                          2 * LANES, 0)
+                                else:
+                                    block(True, xp, x0, sw * C, 1, wf, w0, Op, -krow, span, acc, 0, 2 * LANES, LANES)
+                    else:
+                        for i in range(kh):
+                            row = ((oh * sh + i * dh) * Wp + ow0 * sw) * C
+                            for j in range(calls):
+                                block(wide, xp, row + j * dw * C, sw * C, 1, wf, ((i * kw + j) * C) * Op + ob, Op,
+                                      LANES, span, acc, 0, 2 * LANES, LANES)
+                    for t in range(2 if two else 1):
+                        for p in range(min(PIXELS, Wo - ow0)):
+                            for o in range(min(width, O - ob)):
+                                v = acc[_u(p * 2 * LANES + t * LANES + o)]
+                                y[_u(b), _u(oh + t), _u(ow0 + p), _u(ob + o)] = v + bias[ob + o] if has_bias else v
 
 
 def _direct_weight_grad(xh, gh, kw, sh, sw, top, left, dh, dw, xp, gp, gw):
@@ -222,8 +245,8 @@ def _direct_weight_grad(xh, gh, kw, sh, sw, top, left, dh, dw, xp, gp, gw):
                 for j in range(calls):
                     for kb in range(0, Sb, PIXELS):
                         for ob in range(0, Op, width):
-                            block(wide, xp, row + j * dw * C + kb, 1, sw * C, g, oh * Wo * Op + ob, Op, Wo,
-                                  gwf, ((i * calls + j) * Sb + kb) * Op + ob, Op)
+                            block(wide, xp, row + j * dw * C + kb, 1, sw * C, g, oh * Wo * Op + ob, Op, LANES, Wo,
+                                  gwf, ((i * calls + j) * Sb + kb) * Op + ob, Op, LANES)
 
 
 # The IR needs the compiler; without it (NUMBA_DISABLE_JIT=1) the Python loops run.
