@@ -223,7 +223,8 @@ def _direct_weight_grad(xh, gh, kw, sh, sw, top, left, dh, dw, xp, gp, gw):
     kw·C taps (j, c), else kw runs (calls = kw) of C; Sb is a run rounded up to PIXELS,
     Op = O rounded up to LANES.  The extra rows and columns get junk (the junk rows read
     the next pixel's values); the caller keeps gw[:, :, :run, :O].  Scratch: xp flat, at
-    least Hp·Wp·C + PIXELS; gp (Ho·Wo·Op,), used when O < Op."""
+    least Hp·Wp·C + PIXELS; gp (Ho·Wo·Op,), used when O < Op.  With LANES-wide blocks at
+    stride and dilation 1 each input value feeds two kernel rows at once."""
     n, H, W, C = xh.shape
     Ho, Wo, O = gh.shape[1], gh.shape[2], gh.shape[3]
     kh, calls, Sb, Op = gw.shape
@@ -231,6 +232,7 @@ def _direct_weight_grad(xh, gh, kw, sh, sw, top, left, dh, dw, xp, gp, gw):
     gwf = gw.reshape(-1)
     wide = Op % (2 * LANES) == 0
     width = 2 * LANES if wide else LANES
+    pairs = not wide and sh == 1 and dh == 1      # as direct_conv's pairs of output rows
     for b in range(n):
         pad_image(xh[b], top, left, Hp, Wp, xp)
         g = gh[b].reshape(-1)
@@ -239,6 +241,17 @@ def _direct_weight_grad(xh, gh, kw, sh, sw, top, left, dh, dw, xp, gp, gw):
                 for o in range(Op):
                     gp[_u(r * Op + o)] = g[_u(r * O + o)] if o < O else 0
             g = gp
+        if pairs:       # input row r through kernel rows i and i + 1, for output rows r - i and r - i - 1
+            for r in range(Hp):
+                i1 = min(kh, r + 1)
+                for i in range(max(0, r - Ho + 1), i1, 2):
+                    for j in range(calls):
+                        for kb in range(0, Sb, PIXELS):
+                            for ob in range(0, Op, LANES):
+                                block(i + 1 < i1, xp, r * Wp * C + j * dw * C + kb, 1, sw * C, g,
+                                      (r - i) * Wo * Op + ob, Op, -Wo * Op, Wo,
+                                      gwf, ((i * calls + j) * Sb + kb) * Op + ob, Op, calls * Sb * Op)
+            continue
         for oh in range(Ho):
             for i in range(kh):
                 row = (oh * sh + i * dh) * Wp * C
