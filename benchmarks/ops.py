@@ -111,7 +111,7 @@ def _gemms_only():
     from minicnn.fast.conv import plan
     for name in ("transpose", "im2row", "row2im", "im2col", "col2im"):
         setattr(kernels, name, lambda *args: None)
-    for name in ("winograd_tiles", "winograd_output", "winograd_input_grad"):
+    for name in ("winograd_tiles", "winograd_untile"):
         setattr(winograd_kernels, name, lambda *args: None)
     # The row taps unroll inside their Numba kernels: recompile those with no-op unrolling.
     skip = njit(nogil=True)(lambda *args: None)

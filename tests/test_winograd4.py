@@ -41,12 +41,13 @@ def test_a_transform_with_too_many_terms_is_refused():
         Transform(BT=dense, G=np.ones((8, 3)), AT=np.ones((6, 8)))
 
 
-@given(name=st.sampled_from(sorted(TRANSFORMS)), nb=st.integers(1, 2), C=st.integers(1, 5),
+@given(name=st.sampled_from(sorted(TRANSFORMS)), nb=st.integers(1, 2), C=st.sampled_from([1, 2, 3, 5, 48, 72]),
        H=st.integers(1, 11), W=st.integers(1, 11), ph=st.integers(0, 2), pw=st.integers(0, 2),
        seed=st.integers(0, 2**32 - 1))
 def test_kernels_are_exact_adjoints(name, nb, C, H, W, ph, pw, seed):
-    """<tiles(x), v> = <x, input_grad(v)> and <output(m), g> = <m, tiles(g)> in float64,
-    for tiles that run past the image and the output on every side."""
+    """<tiles(x), v> = <x, untile(v)> and <untile(m), g> = <m, tiles(g)> in float64,
+    for tiles that run past the image and the output on every side (48 and 72 channels:
+    a tile row in blocks of 2 and 1 tiles, kernels.winograd.BLOCK)."""
     t, rng = TRANSFORMS[name], np.random.default_rng(seed)
     tables = t.tables[np.dtype(np.float64)]
     Ho, Wo = H + 2 * ph - 2, W + 2 * pw - 2
@@ -56,11 +57,11 @@ def test_kernels_are_exact_adjoints(name, nb, C, H, W, ph, pw, seed):
     x, v = rng.standard_normal((nb, H, W, C)), rng.standard_normal((t.n ** 2, nb * th * tw, C))
     vx, xv = np.empty_like(v), np.empty_like(x)
     KW.winograd_tiles(x, ph, pw, th, tw, t.n, *tables["input"], vx)
-    KW.winograd_input_grad(v, ph, pw, th, tw, *tables["input_grad"], xv)
+    KW.winograd_untile(v, ph, pw, th, tw, *tables["input_grad"], np.empty(0), True, xv)
     np.testing.assert_allclose(np.vdot(vx, v), np.vdot(x, xv), rtol=1e-12, atol=1e-12)
     m, g = rng.standard_normal((t.n ** 2, nb * th * tw, C)), rng.standard_normal((nb, Ho, Wo, C))
     gm, mg = np.empty_like(g), np.empty_like(m)
-    KW.winograd_output(m, th, tw, *tables["output"], np.empty(0), gm)
+    KW.winograd_untile(m, 0, 0, th, tw, *tables["output"], np.empty(0), False, gm)
     KW.winograd_tiles(g, 0, 0, th, tw, t.m, *tables["output_grad"], mg)
     np.testing.assert_allclose(np.vdot(gm, g), np.vdot(m, mg), rtol=1e-12, atol=1e-12)
 

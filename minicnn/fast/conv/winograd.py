@@ -17,6 +17,7 @@ kernels of ``kernels.winograd``, driven by tables of the matrices' nonzero terms
 import numpy as np
 
 from ..kernels import winograd as KW
+from ..layout import EMPTY
 from .plan import Plan
 from .route import ChunkedConv, nhwc_grad
 
@@ -111,7 +112,7 @@ class Winograd(ChunkedConv):
         v = cls.input_tiles(plan, xh)
         m = plan.buffer("yt", plan.positions, v.shape[1], plan.O)
         np.matmul(v, u, out=m)
-        KW.winograd_output(m, *plan.tiles, *plan.tables["output"], bias, out)
+        KW.winograd_untile(m, 0, 0, *plan.tiles, *plan.tables["output"], bias, False, out)
 
     @classmethod
     def backward_chunk(cls, plan, u, part, xh, g, g_is_nhwc, gw, gx):
@@ -124,7 +125,8 @@ class Winograd(ChunkedConv):
         if gx is not None:
             dv = plan.buffer("rows", plan.positions, dm.shape[1], plan.C)
             np.matmul(dm, u.transpose(0, 2, 1), out=dv)
-            KW.winograd_input_grad(dv, plan.taps[2], plan.taps[3], *plan.tiles, *plan.tables["input_grad"], gx)
+            KW.winograd_untile(dv, plan.taps[2], plan.taps[3], *plan.tiles, *plan.tables["input_grad"],
+                               EMPTY[plan.dtype][1], True, gx)
 
     @staticmethod
     def grad_slot(plan, u):
