@@ -27,10 +27,11 @@ def _all_functions(cls):
         yield from _all_functions(sub)
 
 
-def _conv_flops(shapes, out_shape):
-    """Multiply-adds x 2 of a convolution's forward from its input/weight/output shapes."""
-    (n, cin, _, _), (cout, cin_g, kh, kw) = shapes[0], shapes[1]
-    return 2.0 * n * out_shape[1] * out_shape[2] * out_shape[3] * cin_g * kh * kw
+def _conv_flops(shapes, out_hw):
+    """Multiply-adds x 2 of a convolution's forward from its input and weight shapes and
+    output size (before any pooling in its epilogue)."""
+    (n, _, _, _), (cout, cin_g, kh, kw) = shapes[0], shapes[1]
+    return 2.0 * n * cout * out_hw[0] * out_hw[1] * cin_g * kh * kw
 
 
 def instrument(totals):
@@ -58,7 +59,7 @@ def instrument(totals):
                 shapes = tuple(getattr(a, "shape", None) for a in args if hasattr(a, "shape"))
                 ctx._profile_key = (klass.__name__, shapes)
                 is_conv = len(shapes) >= 2 and len(shapes[0]) == 4 and len(shapes[1]) == 4
-                flops = _conv_flops(shapes, out.shape) if is_conv else 0.0
+                flops = _conv_flops(shapes, kw.get("out_hw", out.shape[2:])) if is_conv else 0.0
                 ctx._profile_flops = flops
                 ctx._profile_route = getattr(klass, "name", None) or ""
             key = ctx._profile_key

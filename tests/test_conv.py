@@ -258,19 +258,36 @@ def test_inference_epilogue_errors():
         assert fused(tensor(x, requires_grad=True), tensor(w), activation="relu").shape == (1, 3, 2, 2)
 
 
-@pytest.mark.parametrize("route", ["reference", "im2row", "depthwise"])
-def test_inference_epilogue_on_any_route_equals_the_separate_steps(route, rng):
-    """act(conv(x)·scale + bias + residual) on a route with the fused epilogue, and on the
-    reference (which runs the steps one by one), equal the steps written out."""
+@pytest.mark.parametrize("pool", [None, 2])
+@pytest.mark.parametrize("route", ["reference", "im2row", "rowtaps", "depthwise"])
+def test_inference_epilogue_on_any_route_equals_the_separate_steps(route, pool, rng):
+    """pool(act(conv(x)·scale + bias + residual)) on a route with the fused epilogue, and on
+    the reference (which runs the steps one by one), equal the steps written out; the
+    scale has negative entries, so pooling before the affine map would differ; 5x5
+    outputs pool to 2x2 (floor)."""
     groups, C = (4, 4) if route == "depthwise" else (1, 3)
     x = rng.standard_normal((2, C, 5, 5))
     w, b, scale = rng.standard_normal((4, C // groups, 3, 3)), rng.standard_normal(4), rng.standard_normal(4)
     res = rng.standard_normal((2, 4, 5, 5))
     want = np.clip(ops.conv2d(tensor(x), tensor(w), padding=1, groups=groups, route="reference").data
                    * scale[:, None, None] + b[:, None, None] + res, 0, 6)
+    if pool:
+        want = want[:, :, :4, :4].reshape(2, 4, 2, 2, 2, 2).max(axis=(3, 5))
     got = minicnn.fast.conv2d_fused(tensor(x), tensor(w), tensor(b), padding=1, groups=groups, scale=scale,
-                                    residual=res, activation="relu6", route=route)
+                                    residual=res, activation="relu6", pool=pool, route=route)
     np.testing.assert_allclose(got.data, want, rtol=1e-12, atol=1e-12)
+
+
+def test_pooled_epilogue_propagates_nan_and_checks_its_arguments():
+    x, w = np.ones((1, 1, 4, 4), np.float32), np.ones((2, 1, 1, 1), np.float32)
+    x[0, 0, 1, 2] = np.nan
+    got = minicnn.fast.conv2d_fused(tensor(x), tensor(w), activation="relu", pool=2, route="im2row").data
+    assert got.shape == (1, 2, 2, 2)
+    assert np.isnan(got[0, :, 0, 1]).all() and not np.isnan(got[0, :, :, 0]).any()
+    with pytest.raises(ValueError, match="pool must be None or 2"):
+        minicnn.fast.conv2d_fused(tensor(x), tensor(w), pool=3)
+    with pytest.raises(ValueError, match=r"needs an output of at least 2x2 pixels, got \(1, 4\)"):
+        minicnn.fast.conv2d_fused(tensor(x[:, :, :1]), tensor(w), pool=2)
 
 
 def test_route_argument_errors():

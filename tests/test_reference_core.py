@@ -8,7 +8,7 @@ import pytest
 import minicnn
 from minicnn import Function, nn, ops, tensor
 from minicnn.models.efficientnet import efficientnet_lite0
-from minicnn.models.fashion import fashion_cnn_bn
+from minicnn.models.fashion import fashion_cnn, fashion_cnn_bn
 from minicnn.models.resnet_cifar import resnet20
 
 
@@ -27,6 +27,7 @@ def test_sequential_runs_every_layer_and_hooks_see_each(rng):
 
 
 @pytest.mark.parametrize("build, shape", [(resnet20, (3, 3, 32, 32)), (fashion_cnn_bn, (3, 1, 28, 28)),
+                                          (fashion_cnn, (3, 1, 28, 28)),
                                           (lambda: efficientnet_lite0(num_classes=5), (1, 3, 64, 64))])
 def test_fuse_changes_no_result_and_says_so(build, shape, rng):
     """nn.fuse gives the unfused model's outputs and gradients (to float rounding), in

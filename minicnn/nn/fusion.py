@@ -4,11 +4,13 @@ Every layer of an unfused model runs on its own, as written, so a learner's debu
 and a forward hook see each one.  ``fuse(model)`` switches on, in place, rewrites of
 adjacent layers that save passes over memory; none changes a result beyond rounding:
 
-- Conv2d -> batch norm (-> ReLU or ReLU6) in eval mode, where no gradient is wanted,
-  runs as one convolution with the rest in its epilogue (:func:`conv_bn`): the batch
-  norm is then a per-channel affine map s = weight/√(running_var + eps),
-  t = bias - running_mean·s, applied to each chunk of the convolution's output while
-  it is in cache (``minicnn.fast.conv2d_fused``).
+- Conv2d -> batch norm -> ReLU or ReLU6 -> 2x2 MaxPool2d (the last three each optional,
+  at least one there) in eval mode, where no gradient is wanted, runs as one
+  convolution with the rest in its epilogue (:func:`conv_bn`,
+  ``minicnn.fast.conv2d_fused``): the batch norm is then a per-channel affine map
+  s = weight/√(running_var + eps), t = bias - running_mean·s, applied with the
+  activation to each chunk of the convolution's output while it is in cache, and the
+  pooling too, so only the pooled quarter of the output is ever written.
 - A batch norm followed by a ReLU (and a residual added between them, in a ResNet
   block) runs as one pass (``minicnn.fast.batch_norm_fused``), in training too.
 - A ReLU followed by a MaxPool2d runs as the pool, then the ReLU: max pooling commutes
@@ -61,11 +63,13 @@ def _plain_bn(m):
 
 def _folds_into(conv, bn, *inputs):
     """True if ``conv_bn(conv, bn, *inputs)`` runs as the convolution's inference epilogue:
-    running statistics, a plain batch norm, no forward hooks, and no gradient wanted for
-    any of its tensors."""
-    tensors = (conv.weight, conv.bias, bn.weight, bn.bias) + inputs
+    no batch norm or one with running statistics, a plain batch norm, no forward hooks, and
+    no gradient wanted for any of its tensors."""
+    tensors = (conv.weight, conv.bias) + (() if bn is None else (bn.weight, bn.bias)) + inputs
     wants_grad = is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
-    return _plain_bn(bn) and not (bn.training or not bn.track_running_stats or wants_grad or conv._forward_hooks)
+    if wants_grad or conv._forward_hooks:
+        return False
+    return bn is None or (_plain_bn(bn) and not bn.training and bn.track_running_stats)
 
 
 def bn_act(bn, x, residual=None, relu=False):
@@ -86,24 +90,34 @@ def bn_act(bn, x, residual=None, relu=False):
         raise
 
 
-def conv_bn(conv, bn, x, residual=None, activation=None):
-    """act(bn(conv(x)) + residual), each of the last two optional (``activation`` None,
-    'relu' or 'relu6'), with as much fused as the mode allows (see the module docstring):
-    in eval mode without gradients one convolution with an epilogue, otherwise the
-    convolution, then :func:`bn_act` (and ReLU6 on its own)."""
+def conv_bn(conv, bn, x, residual=None, activation=None, pool=None):
+    """pool(act(bn(conv(x)) + residual)), ``bn`` None or a batch norm, ``activation`` None,
+    'relu' or 'relu6', ``pool`` None or 2 (a 2x2 max pooling), with as much fused as the
+    mode allows (see the module docstring): in eval mode without gradients one convolution
+    with an epilogue, otherwise the convolution, then :func:`bn_act` (and ReLU6 and the
+    pooling on their own)."""
     if not _folds_into(conv, bn, x, residual):
-        y = bn_act(bn, conv(x), residual, relu=activation == "relu")
-        return ops.relu6(y) if activation == "relu6" else y
-    scale = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale = scale * bn.weight.data
-        shift = shift * bn.weight.data + bn.bias.data
-    if conv.bias is not None:
-        shift = shift + conv.bias.data * scale
+        y = conv(x)
+        if bn is not None:
+            y = bn_act(bn, y, residual, relu=activation == "relu")
+        elif residual is not None:
+            y = y + residual
+        if activation == "relu6" or (activation == "relu" and bn is None):
+            y = (ops.relu6 if activation == "relu6" else ops.relu)(y)
+        return ops.max_pool2d(y, 2) if pool else y
+    scale, shift = None, None if conv.bias is None else conv.bias.data
+    if bn is not None:
+        scale = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+        shift = -bn.running_mean * scale
+        if bn.affine:
+            scale = scale * bn.weight.data
+            shift = shift * bn.weight.data + bn.bias.data
+        if conv.bias is not None:
+            shift = shift + conv.bias.data * scale
+        shift = shift.astype(conv.weight.dtype)
     try:
-        return conv2d_fused(x, conv.weight, shift.astype(conv.weight.dtype), conv.stride, conv.padding,
-                            conv.dilation, conv.groups, scale=scale, residual=residual, activation=activation)
+        return conv2d_fused(x, conv.weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups,
+                            scale=scale, residual=residual, activation=activation, pool=pool)
     except Exception as exc:
         annotate_error(exc, conv)         # the input reached the convolution
         raise
@@ -117,20 +131,18 @@ class FusedSequential(Sequential):
         """(first index, last index, what) of each run of layers that may run fused."""
         layers, runs, i = list(self), [], 0
         while i < len(layers):
-            a, b, c = (layers[i:i + 3] + [None, None])[:3]
-            if type(a) is Conv2d and _plain_bn(b):
-                n = 3 if type(c) in (ReLU, ReLU6) else 2
-                runs.append((i, i + n - 1, "conv+bn" + ("+" + type(c).__name__.lower() if n == 3 else "")
-                             + " (eval: one conv with epilogue; train: bn+relu one pass)"))
-                i += n
-            elif _relu_fuses(a, b) and not _pool_commutes(b, c):
-                runs.append((i, i + 1, "bn+relu in one pass"))
-                i += 2
-            elif _pool_commutes(a, b):
-                runs.append((i, i + 1, "relu, maxpool run as maxpool, relu"))
-                i += 2
-            else:
+            end, kind = _match(layers, i)
+            if kind is None:
                 i += 1
+                continue
+            what = _WHAT[kind]
+            if kind == "conv":
+                names = "+".join(type(m).__name__.lower() for m in layers[i:end])
+                train = [_WHAT[k] for k in _kinds(layers[:end], i + 1)]
+                what = f"{names} (eval: one convolution with its epilogue" + (
+                    f"; otherwise the convolution, then {', '.join(train)}" if train else "") + ")"
+            runs.append((i, end - 1, what))
+            i = end
         return runs
 
     def extra_repr(self):
@@ -140,21 +152,70 @@ class FusedSequential(Sequential):
         layers = list(self)
         i = 0
         while i < len(layers):
-            a, b, c = (layers[i:i + 3] + [None, None])[:3]
-            if type(a) is Conv2d and isinstance(b, BatchNorm) and _folds_into(a, b, x):
-                act = {ReLU: "relu", ReLU6: "relu6"}.get(type(c)) if c is not None and not c._forward_hooks else None
-                x = conv_bn(a, b, x, activation=act)
-                i += 2 if act is None else 3
-            elif _relu_fuses(a, b) and not _pool_commutes(b, c):
-                x = bn_act(a, x, relu=True)
-                i += 2
-            elif _pool_commutes(a, b):
-                x = a(b(x))
-                i += 2
-            else:
-                x = a(x)
-                i += 1
+            end, kind = _match(layers, i)
+            if kind == "conv" and _folds_into(layers[i], _of(layers[i:end], BatchNorm), x):
+                act = _of(layers[i:end], (ReLU, ReLU6))
+                x = conv_bn(layers[i], _of(layers[i:end], BatchNorm), x,
+                            activation=None if act is None else type(act).__name__.lower(),
+                            pool=2 if _of(layers[i:end], MaxPool2d) is not None else None)
+            elif kind == "bn+relu":
+                x = bn_act(layers[i], x, relu=True)
+            elif kind == "relu+maxpool":
+                x = layers[i](layers[i + 1](x))
+            else:           # one layer as written (a convolution that cannot fold: the rest matches next)
+                x = layers[i](x)
+                end = i + 1
+            i = end
         return x
+
+
+_WHAT = {"conv": None, "bn+relu": "bn+relu in one pass", "relu+maxpool": "relu, maxpool run as maxpool, relu"}
+
+
+def _match(layers, i):
+    """(end, kind) of the run of ``layers`` that may run fused from ``i`` (kind a key of
+    _WHAT), or (i + 1, None).  A convolution's run is only fused in eval mode (forward
+    checks); otherwise its layers after the convolution match on their own."""
+    a, b, c = (layers[i:i + 3] + [None, None])[:3]
+    if type(a) is Conv2d and not a._forward_hooks:
+        end = i + 1
+        if end < len(layers) and _plain_bn(layers[end]):
+            end += 1
+        if end < len(layers) and type(layers[end]) in (ReLU, ReLU6) and not layers[end]._forward_hooks:
+            end += 1
+        if end < len(layers) and _pools_2x2(layers[end]):
+            end += 1
+        if end > i + 1:
+            return end, "conv"
+    if _relu_fuses(a, b) and not _pool_commutes(b, c):
+        return i + 2, "bn+relu"
+    if _pool_commutes(a, b):
+        return i + 2, "relu+maxpool"
+    return i + 1, None
+
+
+def _kinds(layers, i):
+    """The kinds of the fused runs that ``layers`` from ``i`` on break into."""
+    kinds = []
+    while i < len(layers):
+        end, kind = _match(layers, i)
+        if kind is not None:
+            kinds.append(kind)
+        i = end
+    return kinds
+
+
+def _of(run, types):
+    """The layer of ``run`` that is an instance of ``types``, or None."""
+    return next((m for m in run if isinstance(m, types)), None)
+
+
+def _pools_2x2(m):
+    """True for a MaxPool2d of 2x2 windows, stride 2, no padding, floor mode, no hooks: what
+    the convolution's epilogue pools."""
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)   # noqa: E731
+    return (type(m) is MaxPool2d and not m._forward_hooks and pair(m.kernel_size) == (2, 2)
+            and pair(2 if m.stride is None else m.stride) == (2, 2) and pair(m.padding) == (0, 0) and not m.ceil_mode)
 
 
 def _relu_fuses(norm, act):

@@ -19,6 +19,7 @@ import numpy as np
 
 from ...ops import dispatch
 from ...ops.conv import Conv2d, conv_geometry
+from ...ops.pool import max_pool2d
 from ...ops.util import raw
 from ...tensor import Tensor, is_grad_enabled
 from . import autotune
@@ -51,17 +52,21 @@ dispatch.register("conv2d", choose, ROUTES)
 
 
 def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, scale=None,
-                 residual=None, activation=None, route=None):
-    """act(conv2d(x, weight)·scale + bias + residual), each part optional, for inference.
+                 residual=None, activation=None, pool=None, route=None):
+    """act(conv2d(x, weight)·scale + bias + residual), each part optional, then with
+    ``pool=2`` a 2x2 max pooling (stride 2, no padding, floor), for inference.
 
     The epilogue runs on each chunk of the output while it is in cache (as oneDNN's
     post-ops): an eval-mode batch norm folded into the convolution is such a ``scale``
-    (O,) and ``bias`` (O,); ``residual`` has the output's shape; ``activation`` is None,
-    'relu' or 'relu6'.  No gradient flows through it: it raises if one is wanted.
-    Used by ``minicnn.nn.fuse``."""
+    (O,) and ``bias`` (O,); ``residual`` has the convolution's output shape; ``activation``
+    is None, 'relu' or 'relu6'; with ``pool`` only the pooled output is written (a route
+    with an epilogue of its own, depthwise, pools in a separate pass).  No gradient flows
+    through it: it raises if one is wanted.  Used by ``minicnn.nn.fuse``."""
     layer = "conv2d_fused"
     if activation not in (None, "relu", "relu6"):
         raise ValueError(f"{layer}: activation must be None, 'relu' or 'relu6', got {activation!r}")
+    if pool not in (None, 2):
+        raise ValueError(f"{layer}: pool must be None or 2 (a 2x2 max pooling of stride 2), got {pool!r}")
     if is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (x, weight, bias, scale, residual)):
         raise RuntimeError(f"{layer}: the scale/residual/activation epilogue is for inference and passes no "
                            "gradient; run it inside minicnn.no_grad() or on tensors that need none")
@@ -74,6 +79,8 @@ def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
                          f"got {tuple(residual.shape)}")
     if residual is not None and residual.dtype != g.dtype:
         raise TypeError(f"{layer}: residual dtype {residual.dtype} differs from input dtype {g.dtype}")
+    if pool and min(g.out_hw) < 2:
+        raise ValueError(f"{layer}: a 2x2 pooling needs an output of at least 2x2 pixels, got {g.out_hw}")
     impl = dispatch.implementation("conv2d", Conv2d, g, route)
     if impl is Conv2d:      # the reference: the epilogue as separate NumPy steps
         y = Conv2d.apply(x, weight, None, **g.options).data
@@ -82,8 +89,11 @@ def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
                 t = raw(term) if term is residual else raw(term).reshape(-1, 1, 1)
                 y = y * t if term is scale else y + t
         lo, hi = {None: (None, None), "relu": (0, None), "relu6": (0, 6)}[activation]
-        return Tensor(y if activation is None else np.clip(y, lo, hi).astype(y.dtype))
+        y = Tensor(y if activation is None else np.clip(y, lo, hi).astype(y.dtype))
+        return max_pool2d(y, 2) if pool else y
     s = np.ones(O) if scale is None else np.asarray(raw(scale), np.float64)
     shift = np.zeros(O) if bias is None else np.asarray(raw(bias), np.float64)
-    return impl.apply(x, weight, None, post=(s, shift, None if residual is None else raw(residual), activation),
-                      **g.options)
+    in_epilogue = bool(pool) and not impl.own_epilogue
+    y = impl.apply(x, weight, None, post=(s, shift, None if residual is None else raw(residual), activation,
+                                          in_epilogue), **g.options)
+    return max_pool2d(y, 2) if pool and not in_epilogue else y

@@ -30,7 +30,7 @@ class Depthwise(ChunkedConv):
         if post is None:
             return taps, (np.ones(plan.O), np.zeros(plan.O) if b is None else b.astype(np.float64),
                           EMPTY[w.dtype][4], None)
-        scale, shift, res, act = post
+        scale, shift, res, act, _ = post       # conv2d_fused pools separately after this route
         return taps, (scale, shift, EMPTY[w.dtype][4] if res is None else np.ascontiguousarray(res), act)
 
     @staticmethod

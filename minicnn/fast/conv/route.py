@@ -17,13 +17,15 @@ is, or a copy made per chunk), with ``channels_last_output`` the output and the 
 gradient come back with NHWC memory behind their NCHW shapes (``minicnn.fast.layout``).
 
 ``post`` (inference only, ``minicnn.fast.conv.conv2d_fused``): each chunk of the output,
-while in cache, becomes act(y·scale + shift + residual) per output channel.
+while in cache, becomes act(y·scale + shift + residual) per output channel, and with
+``pool`` that, 2x2 max-pooled: only the pooled quarter of the output is ever written.
 """
 import numpy as np
 
 from ...tensor import Function
 from ..kernels import conv as K
 from ..kernels.norm import CLAMPS, normalize_tiles_serial, tile
+from ..kernels.pool import max_pool_2x2_epilogue
 from ..kernels.reduce import column_sums
 from ..layout import EMPTY, nhwc
 from ..runtime import parallel_for
@@ -67,7 +69,8 @@ class ChunkedConv(Function):
             keep = np.empty((plan.N, plan.H, plan.W, plan.C), x.dtype)
         ctx.save_for_backward(keep if cls.nhwc_input else x, w)
         N, O = plan.N, plan.O
-        y = np.empty((N,) + out_hw + (O,) if cls.channels_last_output else (N, O) + out_hw, x.dtype)
+        y_hw = out_hw if post is None or not post[4] else (out_hw[0] // 2, out_hw[1] // 2)   # pooled in the epilogue
+        y = np.empty((N,) + y_hw + (O,) if cls.channels_last_output else (N, O) + y_hw, x.dtype)
         bias = EMPTY[x.dtype][1] if b is None else np.ascontiguousarray(b)
         weights = cls.prepare(plan, w, b, post)
         epilogue = None if post is None or cls.own_epilogue else _epilogue(plan, y, *post)
@@ -81,7 +84,7 @@ class ChunkedConv(Function):
             if epilogue is None:
                 cls.forward_chunk(plan, weights, part, src, bias, y[part])
             else:       # the convolution into a worker's scratch, then the epilogue from cache into y
-                pre = plan.buffer("pre", part.stop - part.start, *y.shape[1:])
+                pre = plan.buffer("pre", part.stop - part.start, *out_hw, O)
                 cls.forward_chunk(plan, weights, part, src, bias, pre)
                 epilogue(part, pre)
 
@@ -146,13 +149,18 @@ def nhwc_grad(plan, g, is_nhwc, name="yt"):
     return gh
 
 
-def _epilogue(plan, y, scale, shift, residual, activation):
+def _epilogue(plan, y, scale, shift, residual, activation, pool):
     """The per-chunk inference epilogue of a channels-last output (``post``): run(part, pre)
-    writes y[part] = act(pre·scale + shift + residual[part]), pre being the chunk's raw
-    NHWC result.  (Not in place: LLVM's vectorized loop refuses aliased arrays.)"""
-    zero, scale, shift = tile(np.zeros(plan.O), plan.O), tile(scale, plan.O), tile(shift, plan.O)
+    writes y[part] = act(pre·scale + shift + residual[part]), 2x2 max-pooled if ``pool``,
+    pre being the chunk's raw NHWC result.  (Not in place: LLVM's vectorized loop refuses
+    aliased arrays.)"""
     lo, hi = CLAMPS[activation]
     res = None if residual is None else np.ascontiguousarray(residual.transpose(0, 2, 3, 1))   # a view if channels-last
+    if pool:
+        def run(part, pre):
+            max_pool_2x2_epilogue(pre, scale, shift, EMPTY[y.dtype][4] if res is None else res[part], lo, hi, y[part])
+        return run
+    zero, scale, shift = tile(np.zeros(plan.O), plan.O), tile(scale, plan.O), tile(shift, plan.O)
 
     def run(part, pre):
         r = EMPTY[y.dtype][1] if res is None else res[part].reshape(-1)

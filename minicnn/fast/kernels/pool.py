@@ -15,6 +15,8 @@ backward passes never race.
 import numpy as np
 from numba import njit
 
+from .norm import epilogue
+
 # Never-negative indices are cast to unsigned only where they index (no wraparound
 # check, see kernels/conv.py); arithmetic stays signed, as uint64 op int64 is float64.
 _u = np.uint64
@@ -189,6 +191,37 @@ def _fill_planes(gy, gx):
             gx[_u(p), _u(i)] = g
 
 
+def _max_pool_2x2_epilogue(pre, scale, shift, res, lo, hi, y):
+    """A convolution's inference epilogue with the pooling after it: y = 2x2 max pooling
+    (stride 2, floor) of act(pre·scale + shift + res), act the clamp to [lo, hi] (ReLU:
+    [0, inf)), all channels-last: pre, res (n, H, W, C) (res may be empty), y (n, H // 2,
+    W // 2, C); scale, shift (C,) float64.  The activation runs before the max because
+    the scale may be negative; a NaN wins, as in ``_max_pool_2x2_nhwc``."""
+    for i in range(pre.shape[0]):
+        if res.size > 0:
+            pooled_image(pre[i], scale, shift, res[i], lo, hi, y[i], True)
+        else:
+            pooled_image(pre[i], scale, shift, res, lo, hi, y[i], False)
+
+
+def _pooled_image(pre, scale, shift, res, lo, hi, y, add):
+    """One image of max_pool_2x2_epilogue, adding res if ``add`` (a literal: the loops stay branch-free)."""
+    Ho, Wo, C = y.shape
+    for oh in range(Ho):
+        for ow in range(Wo):
+            for c in range(C):
+                c_ = _u(c)
+                best = 0.0
+                for k in range(4):
+                    h, w = _u(2 * oh + k // 2), _u(2 * ow + k % 2)
+                    v = epilogue(np.float64(pre[h, w, c_]) * scale[c_] + shift[c_],
+                                 np.float64(res[h, w, c_]) if add else 0.0, lo, hi)
+                    best = v if k == 0 or v > best or v != v else best
+                y[_u(oh), _u(ow), c_] = best
+
+
+pooled_image = njit(cache=True, inline="always")(_pooled_image)
+max_pool_2x2_epilogue = njit(cache=True, nogil=True)(_max_pool_2x2_epilogue)
 max_pool = njit(cache=True, nogil=True)(_max_pool)
 max_pool_2x2 = njit(cache=True, nogil=True)(_max_pool_2x2)
 max_pool_backward = njit(cache=True, nogil=True)(_max_pool_backward)
