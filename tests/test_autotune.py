@@ -301,9 +301,9 @@ def test_an_empty_batch_is_not_timed(tuned, rng):
 def test_a_route_that_fails_is_left_out_with_a_warning(tuned, monkeypatch, rng):
     def broken(cls, ctx, *args, **kwargs):
         raise FloatingPointError("broken on purpose")
-    monkeypatch.setattr(ROUTES["winograd"], "forward", classmethod(broken))
+    monkeypatch.setattr(ROUTES["im2col"], "forward", classmethod(broken))
     x, w = arrays(rng)
-    with pytest.warns(RuntimeWarning, match="left out conv route 'winograd'.*broken on purpose"):
+    with pytest.warns(RuntimeWarning, match="left out conv route 'im2col'.*broken on purpose"):
         train_step(x, w)
     [row] = choices()
-    assert row.route != "winograd" and row.timings_ms["winograd"] is None
+    assert row.route != "im2col" and row.timings_ms["im2col"] is None
