@@ -249,14 +249,29 @@ def test_the_budget_skips_later_candidates(rng):
 
 def test_a_big_batch_is_timed_in_part(monkeypatch, rng):
     """Times are per whole batch, measured on a part of it that takes about RUN_SECONDS
-    (here: none), but at least MIN_IMAGES per worker thread."""
+    (here: none), but at least MIN_IMAGES per worker thread (more than the 2 chunks of 6
+    images of 24 that the chunk rule asks for)."""
     monkeypatch.setenv("MINICNN_NUM_THREADS", "2")
     monkeypatch.setattr(autotune, "RUN_SECONDS", 0.0)
-    g = conv_geometry(np.empty((40, 4, 6, 6), np.float32), np.empty((4, 4, 3, 3), np.float32), None, 1, 1, 1, 1)
+    g = conv_geometry(np.empty((24, 4, 6, 6), np.float32), np.empty((4, 4, 3, 3), np.float32), None, 1, 1, 1, 1)
     timings, slowest, images = autotune.measure(g, False, [ROUTES["im2row"], ROUTES["rowtaps"]])
     assert images == 2 * autotune.MIN_IMAGES
     assert all(t is None or t[0] > 0 and t[1] is None for t in timings.values())
     assert all(slowest[k] >= t[0] for k, t in timings.items() if t is not None)
+
+
+def test_every_worker_times_a_whole_batch_chunk(monkeypatch, rng):
+    """The timed part of the batch holds one whole-batch chunk per worker thread, so that
+    the chunks are as large as they will be: 128 images of 8x8 make winograd4 chunks of 32
+    (the minimum chunk count, 4), so 2 workers time 64 images, not 2 x MIN_IMAGES."""
+    monkeypatch.setenv("MINICNN_NUM_THREADS", "2")
+    monkeypatch.setattr(autotune, "RUN_SECONDS", 0.0)
+    x, w = np.empty((128, 8, 8, 8), np.float32), np.empty((8, 8, 3, 3), np.float32)
+    g = conv_geometry(x, w, None, 1, 1, 1, 1)
+    nb = ROUTES["winograd4"].plan(x.shape, w, tuple(g.options.values())).nb
+    assert nb == 32
+    _, _, images = autotune.measure(g, False, [ROUTES["im2row"], ROUTES["winograd4"]])
+    assert images == 2 * nb
 
 
 @pytest.mark.parametrize("winograd_slowest, chosen", [(11.0, "rowtaps"), (10.0, "rowtaps"), (9.5, "winograd")])

@@ -8,9 +8,10 @@ synthetic arrays of that geometry, and the fastest runs that geometry from then 
 keep that cheap (a model's few geometries in about a second) and stable on a busy machine:
 
 * each route is warmed up on a few images, then timed on a part of the batch that takes
-  about :data:`RUN_SECONDS` (at least :data:`MIN_IMAGES` per worker thread), the times
-  scaled to the whole batch: a route's cost per image hardly depends on the batch once
-  every worker has several chunks of images;
+  about :data:`RUN_SECONDS` (at least :data:`MIN_IMAGES` per worker thread, and at least
+  one whole-batch chunk of images per worker thread), the times scaled to the whole
+  batch: a route's cost per image hardly depends on the batch once every worker has
+  chunks of the size the whole batch gets;
 * the runs are timed in CPU time of the process (:func:`timer`), which other processes'
   load hardly changes, where wall-clock time varies severalfold on a busy machine;
 * the routes take turns, one run each per round, for :data:`REPEATS` rounds, the best
@@ -213,7 +214,8 @@ def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
     # (loading compiled kernels, starting the workers); the next run sizes the batch.
     _run(candidates[0], g, Context(needs), *small, None, time.perf_counter)
     f, bw, _ = _run(candidates[0], g, Context(needs), *small, None, time.perf_counter)
-    n = min(N, max(MIN_IMAGES * num_threads(), math.ceil(RUN_SECONDS * small[0].shape[0] / max(f + bw, 1e-9))))
+    n = min(N, max(MIN_IMAGES * num_threads(), math.ceil(RUN_SECONDS * small[0].shape[0] / max(f + bw, 1e-9)),
+                   num_threads() * max(_chunk_images(r, g, small[1]) for r in candidates)))
     data = _inputs(g, n)
     start, clock = time.perf_counter(), timer()
     best = {r.name: (np.inf, np.inf) for r in candidates}
@@ -245,6 +247,19 @@ def measure(g, training, candidates, budget=BUDGET, repeats=REPEATS):
     ms = 1e3 * N / n
     return ({name: None if name in skipped else (round(f * ms, 4), round(b * ms, 4) if training else None)
              for name, (f, b) in best.items()}, {name: round(t * ms, 4) for name, t in slowest.items()}, n)
+
+
+def _chunk_images(route, g, w):
+    """The images per chunk that ``route`` works on in the whole batch of ``g`` (1 for a
+    route that does not work in chunks): the timed part of the batch gives every worker
+    at least one such chunk, so that the chunks, and their GEMMs, are as large as they will
+    be (a part of 20 images in chunks of 5 made F(4x4, 3x3)'s 36 GEMMs per chunk so
+    small that it timed 1.8x slower per image than on the whole batch)."""
+    plan = getattr(route, "plan", None)
+    if plan is None:
+        return 1
+    o = g.options
+    return plan(g.x_shape, w, (o["stride"], o["padding"], o["dilation"], o["groups"], o["out_hw"])).nb
 
 
 def _inputs(g, n):
