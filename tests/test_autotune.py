@@ -261,17 +261,27 @@ def test_a_big_batch_is_timed_in_part(monkeypatch, rng):
 
 
 def test_every_worker_times_a_whole_batch_chunk(monkeypatch, rng):
-    """The timed part of the batch holds one whole-batch chunk per worker thread, so that
-    the chunks are as large as they will be: 128 images of 8x8 make winograd4 chunks of 32
-    (the minimum chunk count, 4), so 2 workers time 64 images, not 2 x MIN_IMAGES."""
+    """The timed part of the batch holds one whole-batch chunk per worker thread and runs in
+    chunks of that size: 128 images of 8x8 make winograd4 chunks of 32 (the minimum chunk
+    count, 4), so 2 workers time 64 images, not 2 x MIN_IMAGES, in 2 chunks of 32, not 4
+    of 16 as 64 images on their own would be cut."""
     monkeypatch.setenv("MINICNN_NUM_THREADS", "2")
     monkeypatch.setattr(autotune, "RUN_SECONDS", 0.0)
     x, w = np.empty((128, 8, 8, 8), np.float32), np.empty((8, 8, 3, 3), np.float32)
     g = conv_geometry(x, w, None, 1, 1, 1, 1)
     nb = ROUTES["winograd4"].plan(x.shape, w, tuple(g.options.values())).nb
     assert nb == 32
+    sized = []
+    plan = ROUTES["winograd4"].sized_plan.__func__
+
+    def recording(cls, ctx, *args):
+        p = plan(cls, ctx, *args)
+        sized.append((p.N, p.nb))
+        return p
+    monkeypatch.setattr(ROUTES["winograd4"], "sized_plan", classmethod(recording))
     _, _, images = autotune.measure(g, False, [ROUTES["im2row"], ROUTES["winograd4"]])
     assert images == 2 * nb
+    assert (64, 32) in sized and all(n < 64 or b == 32 for n, b in sized)   # timed in whole-batch chunks
 
 
 @pytest.mark.parametrize("winograd_slowest, chosen", [(11.0, "rowtaps"), (10.0, "rowtaps"), (9.5, "winograd")])

@@ -54,11 +54,23 @@ class ChunkedConv(Function):
         return Plan(x_shape, w, options)
 
     @classmethod
+    def sized_plan(cls, ctx, x_shape, w, options):
+        """``plan``, in chunks of ``ctx.chunk_images`` images where the caller set that: the
+        autotuner (``autotune.measure``) times a part of a batch in the chunks of the whole
+        batch, which a part cut into the usual chunks would not have."""
+        plan = cls.plan(x_shape, w, options)
+        chunk = getattr(ctx, "chunk_images", None)
+        if chunk:
+            plan.nb = min(chunk, max(plan.N, 1))
+            plan.n_chunks = -(-plan.N // plan.nb)
+        return plan
+
+    @classmethod
     def forward(cls, ctx, x, w, b, stride, padding, dilation, groups, out_hw, post=None):
         w = np.ascontiguousarray(w)
         options = stride, padding, dilation, groups, out_hw
         ctx.options, ctx.has_bias, ctx.x_shape = options, b is not None, x.shape
-        plan = cls.plan(x.shape, w, options)
+        plan = cls.sized_plan(ctx, x.shape, w, options)
         xh_all = nhwc(x) if cls.nhwc_input else None      # channels-last input: no layout move
         if xh_all is None:
             x = np.ascontiguousarray(x)
@@ -96,7 +108,7 @@ class ChunkedConv(Function):
         x, w = ctx.saved   # x: the input (NCHW); NHWC memory on nhwc_input routes; None without dW
         need_x, need_w = ctx.needs_input_grad[:2]
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
-        plan = cls.plan(ctx.x_shape, w, ctx.options)
+        plan = cls.sized_plan(ctx, ctx.x_shape, w, ctx.options)
         N, O, L = plan.N, plan.O, plan.L
         gh_all = nhwc(gy) if cls.channels_last_output else None     # channels-last gradient: no layout move
         if gh_all is None:
