@@ -45,9 +45,9 @@ import sys
 import tempfile
 import time
 
-from harness import ROOT, thread_env
+from harness import ROOT, revision, thread_env
 from machine import SGEMM_SIZE, describe, markdown_header, slug
-from train_throughput import TORCH_FORMATS, _revision, malloc_env
+from train_throughput import TORCH_FORMATS, malloc_env
 
 PROGRAMS = {"minicnn": os.path.join(ROOT, "examples", "fashion_mnist.py"),
             "torch": os.path.join(ROOT, "benchmarks", "fashion_mnist_torch.py")}
@@ -188,9 +188,9 @@ def main(argv=None):
     load = (load_before, os.getloadavg()[0])
     summary = summarize(runs, formats)
     command = " ".join(["python benchmarks/end_to_end.py", *(argv if argv is not None else sys.argv[1:])])
-    revision = _revision()
+    rev = revision()
     tuned = sorted({str(r["malloc_tuned"]) for fmt in formats for r in runs[f"torch_{fmt}"]})
-    setup = (f"`{command}` at minicnn {revision}: {args.pairs} alternating process pairs, medians; ratios are "
+    setup = (f"`{command}` at minicnn {rev}: {args.pairs} alternating process pairs, medians; ratios are "
              f"medians of the pairs' torch / minicnn, torch at its best (the faster of "
              f"{', '.join(formats)} per pair and time; > 1: minicnn faster). Training time as each program "
              f"prints it (validation and callbacks included; the example prints whole seconds). Torch ran with "
@@ -199,7 +199,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     name = os.path.join(args.out, slug(machine))
     with open(name + ".json", "w") as f:
-        json.dump({"command": command, "revision": revision, "machine": machine, "threads": args.threads,
+        json.dump({"command": command, "revision": rev, "machine": machine, "threads": args.threads,
                    "pairs": args.pairs, "options": options, "torch_formats": formats, "warmup": args.warmup,
                    "load_average": load, "torch_env": malloc_env(), "summary": summary, "runs": runs}, f, indent=1)
     table = "\n\n".join([markdown_header(machine), markdown(summary, formats, setup)])

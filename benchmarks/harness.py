@@ -5,7 +5,7 @@ slow each other) with the same number of threads:
 
 * torch: ``OMP_NUM_THREADS`` (and ``torch.set_num_threads`` in the worker);
 * minicnn: ``MINICNN_NUM_THREADS`` conv/pool workers, each with a one-thread BLAS
-  (``minicnn/_runtime.py``), and ``NUMBA_NUM_THREADS`` for its ``prange`` kernels.
+  (``minicnn/fast/runtime.py``), and ``NUMBA_NUM_THREADS`` for its ``prange`` kernels.
 """
 import os
 import statistics
@@ -46,3 +46,16 @@ def median_seconds(fn, reps, clock, warmup=2):
         fn()
         times.append(clock() - t0)
     return statistics.median(times)
+
+
+def revision():
+    """The checkout's commit (with '+changes' if the tree differs from it outside the
+    benchmark results, which a previous run may have rewritten), or 'unknown'."""
+    def git(*a):
+        return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True).stdout.strip()
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+        return (head + ("+changes" if changed else "")) or "unknown"
+    except OSError:
+        return "unknown"

@@ -54,11 +54,10 @@ import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 
-from harness import ROOT, median_seconds, run_python, thread_env  # noqa: E402
+from harness import ROOT, median_seconds, revision, run_python, thread_env  # noqa: E402
 
 EVAL_BATCH = 256
 # name -> (input shape, training batch, optimizer)
@@ -400,10 +399,10 @@ def main(argv=None):
     info = describe(args.threads)
     load_before = os.getloadavg()[0]
     results = {name: measure_model(name, args) for name in args.models}
-    load, revision = (load_before, os.getloadavg()[0]), _revision()
+    load, rev = (load_before, os.getloadavg()[0]), revision()
     tuned = all(r["malloc_tuned"] for m in results.values() for fw, rs in m["runs"].items() if fw != "torch"
                 for r in rs)
-    setup = (f"minicnn {revision}, {args.threads} threads per framework, {args.pairs} alternating pairs "
+    setup = (f"minicnn {rev}, {args.threads} threads per framework, {args.pairs} alternating pairs "
              f"x {args.steps} timed steps (after {args.warmup} warm-up steps), medians; 1-min load average "
              f"{load[0]:.1f} before, {load[1]:.1f} after. Allocator: both frameworks ran with minicnn's glibc "
              f"malloc settings ({', '.join(f'{k}={v}' for k, v in malloc_env().items())}; torch through the "
@@ -412,26 +411,13 @@ def main(argv=None):
     machine_slug = slug(info)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, machine_slug + ".json"), "w") as f:
-        json.dump({"machine": info, "slug": machine_slug, "revision": revision, "threads": args.threads,
+        json.dump({"machine": info, "slug": machine_slug, "revision": rev, "threads": args.threads,
                    "pairs": args.pairs, "steps": args.steps, "warmup": args.warmup, "load_average": load, "malloc_env": malloc_env(),
                    "malloc_tuned_everywhere": tuned, "models": results}, f, indent=1)
     table = markdown(results, info, setup)
     with open(os.path.join(args.out, machine_slug + ".md"), "w") as f:
         f.write(table + "\n")
     print(table)
-
-
-def _revision():
-    """The checkout's commit (with '+changes' if the tree differs from it outside the
-    benchmark results, which a previous run may have rewritten), or 'unknown'."""
-    def git(*a):
-        return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True).stdout.strip()
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
-        return (head + ("+changes" if changed else "")) or "unknown"
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":
