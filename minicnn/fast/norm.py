@@ -77,9 +77,10 @@ def _row_sums(g_rows, rows, mean_r, columns=False, mask=None, keep=False):
     gm = np.empty_like(g_rows) if keep else empty
     if columns:
         P, C = rows.shape
-        sg = np.empty((min(_COL_SLICES, P), tile(mean_r, C).size))
+        mean_t = tile(mean_r, C)
+        sg = np.empty((min(_COL_SLICES, P), mean_t.size))
         sgx = np.empty_like(sg)
-        tile_sums(g_rows.reshape(-1), np.zeros(sg.shape[1]), rows.reshape(-1), tile(mean_r, C), mask.reshape(-1),
+        tile_sums(g_rows.reshape(-1), np.zeros(mean_t.size), rows.reshape(-1), mean_t, mask.reshape(-1),
                   sg, sgx, gm.reshape(-1))
         sg, sgx = fold(sg, C), fold(sgx, C)
     else:

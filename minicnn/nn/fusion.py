@@ -105,7 +105,8 @@ def conv_bn(conv, bn, x, residual=None, activation=None, pool=None):
         if activation == "relu6" or (activation == "relu" and bn is None):
             y = (ops.relu6 if activation == "relu6" else ops.relu)(y)
         return ops.max_pool2d(y, 2) if pool else y
-    scale, shift = None, None if conv.bias is None else conv.bias.data
+    scale = None
+    shift = None if conv.bias is None else conv.bias.data
     if bn is not None:
         scale = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
         shift = -bn.running_mean * scale
@@ -153,10 +154,10 @@ class FusedSequential(Sequential):
         i = 0
         while i < len(layers):
             end, kind = _match(layers, i)
-            if kind == "conv" and _folds_into(layers[i], _of(layers[i:end], BatchNorm), x):
+            bn = _of(layers[i:end], BatchNorm) if kind == "conv" else None
+            if kind == "conv" and _folds_into(layers[i], bn, x):
                 act = _of(layers[i:end], (ReLU, ReLU6))
-                x = conv_bn(layers[i], _of(layers[i:end], BatchNorm), x,
-                            activation=None if act is None else type(act).__name__.lower(),
+                x = conv_bn(layers[i], bn, x, activation=None if act is None else type(act).__name__.lower(),
                             pool=2 if _of(layers[i:end], MaxPool2d) is not None else None)
             elif kind == "bn+relu":
                 x = bn_act(layers[i], x, relu=True)
