@@ -254,23 +254,31 @@ def test_inference_epilogue_errors():
         fused(tensor(x), tensor(w), residual=np.ones((1, 3, 4, 4), np.float32))
     with pytest.raises(TypeError, match="residual dtype float64 differs from input dtype float32"):
         fused(tensor(x), tensor(w), residual=np.ones((1, 3, 2, 2)))
+    for extra in ({"scale": np.ones(3)}, {"residual": np.ones((1, 3, 2, 2), np.float32)}):
+        with pytest.raises(RuntimeError, match=r"gradients flow only through pool\(act\(conv \+ bias\)\)"):
+            fused(tensor(x), tensor(w, requires_grad=True), activation="relu", pool=2, **extra)
     with minicnn.no_grad():                        # no gradient wanted: fine
         assert fused(tensor(x, requires_grad=True), tensor(w), activation="relu").shape == (1, 3, 2, 2)
+    assert fused(tensor(x, requires_grad=True), tensor(w), pool=2).requires_grad     # pooled: gradients flow
 
 
+@pytest.mark.parametrize("scales, residual", [("mixed", True), ("mixed", False), ("positive", False)])
 @pytest.mark.parametrize("pool", [None, 2])
 @pytest.mark.parametrize("route", ["reference", "im2row", "rowtaps", "depthwise"])
-def test_inference_epilogue_on_any_route_equals_the_separate_steps(route, pool, rng):
+def test_inference_epilogue_on_any_route_equals_the_separate_steps(route, pool, scales, residual, rng):
     """pool(act(conv(x)·scale + bias + residual)) on a route with the fused epilogue, and on
-    the reference (which runs the steps one by one), equal the steps written out; the
-    scale has negative entries, so pooling before the affine map would differ; 5x5
-    outputs pool to 2x2 (floor)."""
+    the reference (which runs the steps one by one), equal the steps written out; with
+    negative scales, pooling before the affine map would differ (the epilogue then runs
+    on every value); with positive ones and no residual it runs on each window's maximum
+    only; 5x5 outputs pool to 2x2 (floor)."""
     groups, C = (4, 4) if route == "depthwise" else (1, 3)
     x = rng.standard_normal((2, C, 5, 5))
     w, b, scale = rng.standard_normal((4, C // groups, 3, 3)), rng.standard_normal(4), rng.standard_normal(4)
-    res = rng.standard_normal((2, 4, 5, 5))
+    res = rng.standard_normal((2, 4, 5, 5)) if residual else None
+    if scales == "positive":
+        scale = np.abs(scale) * 4 + 0.5      # * 4: some values beyond ReLU6's 6
     want = np.clip(ops.conv2d(tensor(x), tensor(w), padding=1, groups=groups, route="reference").data
-                   * scale[:, None, None] + b[:, None, None] + res, 0, 6)
+                   * scale[:, None, None] + b[:, None, None] + (0 if res is None else res), 0, 6)
     if pool:
         want = want[:, :, :4, :4].reshape(2, 4, 2, 2, 2, 2).max(axis=(3, 5))
     got = minicnn.fast.conv2d_fused(tensor(x), tensor(w), tensor(b), padding=1, groups=groups, scale=scale,

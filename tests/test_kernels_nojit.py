@@ -62,6 +62,8 @@ def cases(reference):
                                               scale=np.cos(np.arange(6)),
                                               residual=np.sin(np.arange(3 * 6 * 7 * 6)).reshape(3, 6, 7, 6),
                                               activation="relu", route=route("im2row")).data]
+    pooled = lambda x, w, b: fast.conv2d_fused(x, w, b, padding=1, activation="relu", pool=2, route=route("im2row"))
+    out["conv_pooled_epilogue"] = grads(pooled, x, rng.standard_normal((5, 4, 3, 3)), rng.standard_normal(5))
     out["depthwise_epilogue"] = [fast.conv2d_fused(x, np.ones((4, 1, 3, 3)), padding=1, groups=4, activation="relu6",
                                                    route=route("depthwise")).data]
     out["bn_relu_eval"] = grads(lambda x: fused_bn(x, running_mean=np.zeros(4), running_var=np.full(4, 2.0)),

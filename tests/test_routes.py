@@ -170,9 +170,17 @@ def chunked(case):
         yield
 
 
+def pooled_on(route, case, activation):
+    """The epilogue that passes gradients: pool(act(conv + b)) as one call of conv2d_fused."""
+    def conv(x, w, b):
+        return fast.conv2d_fused(x, w, b, case.stride, case.padding, case.dilation, case.groups,
+                                 activation=activation, pool=2, route=route)
+    return conv
+
+
 def check_route(name, case):
-    """Forward, the wanted gradients, and the inference epilogue of route ``name`` equal
-    the reference's for ``case`` (float64)."""
+    """Forward, the wanted gradients, the inference epilogue and the pooled epilogue with
+    its gradients of route ``name`` equal the reference's for ``case`` (float64)."""
     x, w, b = conv_arrays(case)
     g = conv_geometry(x, w, b, case.stride, case.padding, case.dilation, case.groups)
     assert ROUTES[name].applies(g), f"the strategy drew a geometry {name} does not apply to: {g.describe()}"
@@ -191,8 +199,14 @@ def check_route(name, case):
                                          case.groups, scale=scale, residual=residual,
                                          activation=activation, route=route).data
         fused_fast = fused(name)
+        pooled = None
+        if min(g.out_hw) >= 2:
+            pooled = run(pooled_on(name, case, activation), (x, w, b), needs, case.seed_channels_last)
     want = run(conv_on("reference", case), (x, w, b), needs, case.seed_channels_last)
     assert_same(got, want, what=f"{name} {case}")
+    if pooled is not None:
+        assert_same(pooled, run(pooled_on("reference", case, activation), (x, w, b), needs, case.seed_channels_last),
+                    what=f"{name} pooled epilogue ({activation}), with gradients, {case}")
     np.testing.assert_allclose(fused_fast, fused("reference"), rtol=RTOL,
                                atol=1e-12 * max(1.0, np.abs(fused_fast).max()),
                                err_msg=f"{name} fused epilogue ({activation}) {case}")

@@ -8,9 +8,9 @@ two layout moves per convolution; every other op sees a non-contiguous NCHW arra
 """
 import numpy as np
 
-# Empty arrays of each float dtype and rank for kernel arguments that are absent
-# ("no bias", "no gradient wanted", "no residual"): EMPTY[dtype][ndim].
-EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (1, 2, 3, 4)} for t in (np.float32, np.float64)}
+# Empty arrays of each dtype and rank for kernel arguments that are absent ("no bias",
+# "no gradient wanted", "no residual", "no argmax"): EMPTY[dtype][ndim].
+EMPTY = {np.dtype(t): {d: np.empty((0,) * d, t) for d in (1, 2, 3, 4)} for t in (np.float32, np.float64, np.int32)}
 
 
 def nhwc(a):

@@ -11,6 +11,9 @@ adjacent layers that save passes over memory; none changes a result beyond round
   s = weight/√(running_var + eps), t = bias - running_mean·s, applied with the
   activation to each chunk of the convolution's output while it is in cache, and the
   pooling too, so only the pooled quarter of the output is ever written.
+- Conv2d -> ReLU or ReLU6 (optional) -> 2x2 MaxPool2d, no batch norm, runs so in
+  training too: the epilogue records each window's winner, and the backward pass
+  rebuilds the convolution's output gradient from the pooled one chunk by chunk.
 - A batch norm followed by a ReLU (and a residual added between them, in a ResNet
   block) runs as one pass (``minicnn.fast.batch_norm_fused``), in training too.
 - A ReLU followed by a MaxPool2d runs as the pool, then the ReLU: max pooling commutes
@@ -61,14 +64,17 @@ def _plain_bn(m):
     return isinstance(m, BatchNorm) and type(m).forward is BatchNorm.forward and not m._forward_hooks
 
 
-def _folds_into(conv, bn, *inputs):
-    """True if ``conv_bn(conv, bn, *inputs)`` runs as the convolution's inference epilogue:
-    no batch norm or one with running statistics, a plain batch norm, no forward hooks, and
-    no gradient wanted for any of its tensors."""
-    tensors = (conv.weight, conv.bias) + (() if bn is None else (bn.weight, bn.bias)) + inputs
+def _folds_into(conv, bn, x, residual=None, pool=None):
+    """True if ``conv_bn(conv, bn, x, residual, ..., pool)`` runs as one convolution with an
+    epilogue: no forward hooks, and either no gradient wanted for any of its tensors and
+    no batch norm or a plain one with running statistics (inference), or a pooling after
+    and neither a batch norm nor a residual (the epilogue that passes gradients)."""
+    tensors = (conv.weight, conv.bias, x, residual) + (() if bn is None else (bn.weight, bn.bias))
     wants_grad = is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in tensors)
-    if wants_grad or conv._forward_hooks:
+    if conv._forward_hooks:
         return False
+    if wants_grad:
+        return bn is None and residual is None and pool == 2
     return bn is None or (_plain_bn(bn) and not bn.training and bn.track_running_stats)
 
 
@@ -93,10 +99,10 @@ def bn_act(bn, x, residual=None, relu=False):
 def conv_bn(conv, bn, x, residual=None, activation=None, pool=None):
     """pool(act(bn(conv(x)) + residual)), ``bn`` None or a batch norm, ``activation`` None,
     'relu' or 'relu6', ``pool`` None or 2 (a 2x2 max pooling), with as much fused as the
-    mode allows (see the module docstring): in eval mode without gradients one convolution
-    with an epilogue, otherwise the convolution, then :func:`bn_act` (and ReLU6 and the
-    pooling on their own)."""
-    if not _folds_into(conv, bn, x, residual):
+    mode allows (see the module docstring): one convolution with an epilogue in eval mode
+    without gradients, or with gradients when it pools and has no batch norm or residual;
+    otherwise the convolution, then :func:`bn_act` (and ReLU6 and the pooling on their own)."""
+    if not _folds_into(conv, bn, x, residual, pool):
         y = conv(x)
         if bn is not None:
             y = bn_act(bn, y, residual, relu=activation == "relu")
@@ -105,8 +111,7 @@ def conv_bn(conv, bn, x, residual=None, activation=None, pool=None):
         if activation == "relu6" or (activation == "relu" and bn is None):
             y = (ops.relu6 if activation == "relu6" else ops.relu)(y)
         return ops.max_pool2d(y, 2) if pool else y
-    scale = None
-    shift = None if conv.bias is None else conv.bias.data
+    scale, shift = None, conv.bias     # a parameter: with a gradient where one is wanted
     if bn is not None:
         scale = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
         shift = -bn.running_mean * scale
@@ -139,9 +144,12 @@ class FusedSequential(Sequential):
             what = _WHAT[kind]
             if kind == "conv":
                 names = "+".join(type(m).__name__.lower() for m in layers[i:end])
-                train = [_WHAT[k] for k in _kinds(layers[:end], i + 1)]
-                what = f"{names} (eval: one convolution with its epilogue" + (
-                    f"; otherwise the convolution, then {', '.join(train)}" if train else "") + ")"
+                if _of(layers[i:end], BatchNorm) is None and _of(layers[i:end], MaxPool2d) is not None:
+                    what = f"{names} (one convolution with its epilogue, in training too)"
+                else:
+                    train = [_WHAT[k] for k in _kinds(layers[:end], i + 1)]
+                    what = f"{names} (eval: one convolution with its epilogue" + (
+                        f"; otherwise the convolution, then {', '.join(train)}" if train else "") + ")"
             runs.append((i, end - 1, what))
             i = end
         return runs
@@ -155,10 +163,11 @@ class FusedSequential(Sequential):
         while i < len(layers):
             end, kind = _match(layers, i)
             bn = _of(layers[i:end], BatchNorm) if kind == "conv" else None
-            if kind == "conv" and _folds_into(layers[i], bn, x):
+            pool = 2 if kind == "conv" and _of(layers[i:end], MaxPool2d) is not None else None
+            if kind == "conv" and _folds_into(layers[i], bn, x, pool=pool):
                 act = _of(layers[i:end], (ReLU, ReLU6))
                 x = conv_bn(layers[i], bn, x, activation=None if act is None else type(act).__name__.lower(),
-                            pool=2 if _of(layers[i:end], MaxPool2d) is not None else None)
+                            pool=pool)
             elif kind == "bn+relu":
                 x = bn_act(layers[i], x, relu=True)
             elif kind == "relu+maxpool":

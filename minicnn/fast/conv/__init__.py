@@ -19,6 +19,7 @@ import numpy as np
 
 from ...ops import dispatch
 from ...ops.conv import Conv2d, conv_geometry
+from ...ops.activation import relu, relu6
 from ...ops.pool import max_pool2d
 from ...ops.util import raw
 from ...tensor import Tensor, is_grad_enabled
@@ -54,22 +55,28 @@ dispatch.register("conv2d", choose, ROUTES)
 def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, scale=None,
                  residual=None, activation=None, pool=None, route=None):
     """act(conv2d(x, weight)·scale + bias + residual), each part optional, then with
-    ``pool=2`` a 2x2 max pooling (stride 2, no padding, floor), for inference.
+    ``pool=2`` a 2x2 max pooling (stride 2, no padding, floor).
 
     The epilogue runs on each chunk of the output while it is in cache (as oneDNN's
     post-ops): an eval-mode batch norm folded into the convolution is such a ``scale``
     (O,) and ``bias`` (O,); ``residual`` has the convolution's output shape; ``activation``
     is None, 'relu' or 'relu6'; with ``pool`` only the pooled output is written (a route
-    with an epilogue of its own, depthwise, pools in a separate pass).  No gradient flows
-    through it: it raises if one is wanted.  Used by ``minicnn.nn.fuse``."""
+    with an epilogue of its own, depthwise, pools in a separate pass).  Gradients flow
+    through pool(act(conv2d(x, weight) + bias)), no scale or residual: the epilogue then
+    records each window's winner for the backward pass (``minicnn.fast.conv.route``);
+    any other epilogue is for inference and raises if a gradient is wanted.  Used by
+    ``minicnn.nn.fuse``."""
     layer = "conv2d_fused"
     if activation not in (None, "relu", "relu6"):
         raise ValueError(f"{layer}: activation must be None, 'relu' or 'relu6', got {activation!r}")
     if pool not in (None, 2):
         raise ValueError(f"{layer}: pool must be None or 2 (a 2x2 max pooling of stride 2), got {pool!r}")
-    if is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (x, weight, bias, scale, residual)):
-        raise RuntimeError(f"{layer}: the scale/residual/activation epilogue is for inference and passes no "
-                           "gradient; run it inside minicnn.no_grad() or on tensors that need none")
+    wants_grad = is_grad_enabled() and any(getattr(t, "requires_grad", False)
+                                           for t in (x, weight, bias, scale, residual))
+    if wants_grad and not (pool and scale is None and residual is None):
+        raise RuntimeError(f"{layer}: gradients flow only through pool(act(conv + bias)) (pool=2, no scale or "
+                           "residual); any other epilogue is for inference and passes no gradient: run it inside "
+                           "minicnn.no_grad() or on tensors that need none")
     g = conv_geometry(raw(x), raw(weight), raw(bias), stride, padding, dilation, groups, layer)
     O = g.w_shape[0]
     if scale is not None and tuple(scale.shape) != (O,):
@@ -82,6 +89,10 @@ def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
     if pool and min(g.out_hw) < 2:
         raise ValueError(f"{layer}: a 2x2 pooling needs an output of at least 2x2 pixels, got {g.out_hw}")
     impl = dispatch.implementation("conv2d", Conv2d, g, route)
+    if wants_grad and (impl is Conv2d or impl.own_epilogue):     # the steps one by one, each with its backward
+        y = impl.apply(x, weight, bias, **g.options)
+        y = y if activation is None else {"relu": relu, "relu6": relu6}[activation](y)
+        return max_pool2d(y, 2)
     if impl is Conv2d:      # the reference: the epilogue as separate NumPy steps
         y = Conv2d.apply(x, weight, None, **g.options).data
         for term in (scale, bias, residual):
@@ -91,6 +102,8 @@ def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
         lo, hi = {None: (None, None), "relu": (0, None), "relu6": (0, 6)}[activation]
         y = Tensor(y if activation is None else np.clip(y, lo, hi).astype(y.dtype))
         return max_pool2d(y, 2) if pool else y
+    if wants_grad:          # the bias in the route, whose backward gives its gradient
+        return impl.apply(x, weight, bias, post=(np.ones(O), np.zeros(O), None, activation, True), **g.options)
     s = np.ones(O) if scale is None else np.asarray(raw(scale), np.float64)
     shift = np.zeros(O) if bias is None else np.asarray(raw(bias), np.float64)
     in_epilogue = bool(pool) and not impl.own_epilogue

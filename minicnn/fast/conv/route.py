@@ -16,16 +16,20 @@ with ``nhwc_input`` the route reads each chunk's NHWC memory (a channels-last in
 is, or a copy made per chunk), with ``channels_last_output`` the output and the input
 gradient come back with NHWC memory behind their NCHW shapes (``minicnn.fast.layout``).
 
-``post`` (inference only, ``minicnn.fast.conv.conv2d_fused``): each chunk of the output,
-while in cache, becomes act(y·scale + shift + residual) per output channel, and with
-``pool`` that, 2x2 max-pooled: only the pooled quarter of the output is ever written.
+``post`` (``minicnn.fast.conv.conv2d_fused``): each chunk of the output, while in cache,
+becomes act(y·scale + shift + residual) per output channel, and with ``pool`` that, 2x2
+max-pooled: only the pooled quarter of the output is ever written.  Gradients flow
+through the pooled form only, and only with scale 1, shift 0 and no residual (what
+``conv2d_fused`` allows): the epilogue then records each window's winner, and the
+backward pass rebuilds each chunk's output gradient from the pooled one in a worker's
+scratch (``kernels.pool.max_pool_2x2_nhwc_backward``) just before the route reads it.
 """
 import numpy as np
 
 from ...tensor import Function
 from ..kernels import conv as K
 from ..kernels.norm import CLAMPS, normalize_tiles_serial, tile
-from ..kernels.pool import max_pool_2x2_epilogue
+from ..kernels.pool import max_pool_2x2_epilogue, max_pool_2x2_nhwc_backward
 from ..kernels.reduce import column_sums
 from ..layout import EMPTY, nhwc
 from ..runtime import parallel_for
@@ -85,7 +89,11 @@ class ChunkedConv(Function):
         y = np.empty((N,) + y_hw + (O,) if cls.channels_last_output else (N, O) + y_hw, x.dtype)
         bias = EMPTY[x.dtype][1] if b is None else np.ascontiguousarray(b)
         weights = cls.prepare(plan, w, b, post)
-        epilogue = None if post is None or cls.own_epilogue else _epilogue(plan, y, *post)
+        # The pooled windows' winners, for the backward pass (which needs them, as ctx says).
+        ctx.pool_argmax = None
+        if post is not None and post[4] and any(ctx.needs_input_grad):
+            ctx.pool_argmax = np.empty(y.shape, np.int32)
+        epilogue = None if post is None or cls.own_epilogue else _epilogue(plan, y, *post, ctx.pool_argmax)
 
         def chunk(k):
             part = plan.images(k)
@@ -109,38 +117,27 @@ class ChunkedConv(Function):
         need_x, need_w = ctx.needs_input_grad[:2]
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
         plan = cls.sized_plan(ctx, ctx.x_shape, w, ctx.options)
-        N, O, L = plan.N, plan.O, plan.L
-        gh_all = nhwc(gy) if cls.channels_last_output else None     # channels-last gradient: no layout move
-        if gh_all is None:
-            gy = np.ascontiguousarray(gy)
-        gy3 = gy.reshape(N, O, L) if gh_all is None else None
-
-        def bias_grad(part, out):
-            if gh_all is None:
-                gy3[part].sum(axis=(0, 2), dtype=np.float64, out=out)
-            else:
-                column_sums(gh_all[part].reshape(1, -1, O), out.reshape(1, O))
-
-        if not (need_x or need_w):
-            gb = np.empty(O) if need_b else None
-            if need_b:
-                bias_grad(slice(None), gb)
-            return None, None, gb.astype(w.dtype) if need_b else None
+        N, O = plan.N, plan.O
+        output_grad = _output_grad(plan, gy, ctx.pool_argmax, cls.channels_last_output)
         gx = None
         if need_x:
             gx = np.empty((N, plan.H, plan.W, plan.C) if cls.nhwc_input else ctx.x_shape, w.dtype)
-        weights = cls.prepare(plan, w, None)
+        weights = cls.prepare(plan, w, None) if need_x or need_w else None
         # One slot per chunk, summed in chunk order: the same bits whichever worker ran it.
         gw_parts = np.empty((plan.n_chunks,) + cls.grad_slot(plan, weights), w.dtype) if need_w else None
         gb_parts = np.empty((plan.n_chunks, O), np.float64) if need_b else None
 
         def chunk(k):
             part = plan.images(k)
+            g, g_is_nhwc = output_grad(part)
             if need_b:
-                bias_grad(part, gb_parts[k])
-            cls.backward_chunk(plan, weights, part, None if x is None else x[part],
-                               gy[part] if gh_all is None else gh_all[part], gh_all is not None,
-                               gw_parts[k] if need_w else None, gx[part] if need_x else None)
+                if g_is_nhwc:
+                    column_sums(g.reshape(1, -1, O), gb_parts[k].reshape(1, O))
+                else:
+                    g.reshape(g.shape[0], O, -1).sum(axis=(0, 2), dtype=np.float64, out=gb_parts[k])
+            if need_x or need_w:
+                cls.backward_chunk(plan, weights, part, None if x is None else x[part], g, g_is_nhwc,
+                                   gw_parts[k] if need_w else None, gx[part] if need_x else None)
 
         parallel_for(plan.n_chunks, chunk)
         if need_x and cls.nhwc_input:
@@ -148,6 +145,27 @@ class ChunkedConv(Function):
         gw = cls.weight_grad(gw_parts.sum(axis=0), w.shape, plan) if need_w else None
         gb = gb_parts.sum(axis=0).astype(w.dtype) if need_b else None
         return gx, gw, gb
+
+
+def _output_grad(plan, gy, pool_argmax, channels_last_output):
+    """part -> (the output gradient of the images ``part``, True if it is NHWC): a slice of
+    gy, channels-last as it is where it is; or, after a pooled epilogue (``pool_argmax``
+    given, gy the pooled output's gradient), the chunk's full gradient rebuilt in the
+    worker's ``unpooled`` buffer."""
+    if pool_argmax is not None:
+        gp = nhwc(gy)
+        gp = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)) if gp is None else gp
+
+        def unpooled(part):
+            g = plan.buffer("unpooled", part.stop - part.start, plan.Ho, plan.Wo, plan.O)
+            max_pool_2x2_nhwc_backward(gp[part], pool_argmax[part], g)
+            return g, True
+        return unpooled
+    gh = nhwc(gy) if channels_last_output else None     # channels-last gradient: no layout move
+    if gh is not None:
+        return lambda part: (gh[part], True)
+    gy = np.ascontiguousarray(gy)
+    return lambda part: (gy[part], False)
 
 
 def nhwc_grad(plan, g, is_nhwc, name="yt"):
@@ -161,16 +179,18 @@ def nhwc_grad(plan, g, is_nhwc, name="yt"):
     return gh
 
 
-def _epilogue(plan, y, scale, shift, residual, activation, pool):
-    """The per-chunk inference epilogue of a channels-last output (``post``): run(part, pre)
-    writes y[part] = act(pre·scale + shift + residual[part]), 2x2 max-pooled if ``pool``,
-    pre being the chunk's raw NHWC result.  (Not in place: LLVM's vectorized loop refuses
-    aliased arrays.)"""
+def _epilogue(plan, y, scale, shift, residual, activation, pool, pool_argmax):
+    """The per-chunk epilogue of a channels-last output (``post``): run(part, pre) writes
+    y[part] = act(pre·scale + shift + residual[part]), 2x2 max-pooled if ``pool`` (and the
+    windows' winners into ``pool_argmax``, unless None), pre being the chunk's raw NHWC
+    result.  (Not in place: LLVM's vectorized loop refuses aliased arrays.)"""
     lo, hi = CLAMPS[activation]
     res = None if residual is None else np.ascontiguousarray(residual.transpose(0, 2, 3, 1))   # a view if channels-last
     if pool:
         def run(part, pre):
-            max_pool_2x2_epilogue(pre, scale, shift, EMPTY[y.dtype][4] if res is None else res[part], lo, hi, y[part])
+            argmax = EMPTY[np.dtype(np.int32)][4] if pool_argmax is None else pool_argmax[part]
+            max_pool_2x2_epilogue(pre, scale, shift, EMPTY[y.dtype][4] if res is None else res[part], lo, hi, y[part],
+                                  argmax, activation is not None)
         return run
     zero, scale, shift = tile(np.zeros(plan.O), plan.O), tile(scale, plan.O), tile(shift, plan.O)
 

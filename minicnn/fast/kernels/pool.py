@@ -97,7 +97,8 @@ def _max_pool_2x2_nhwc(x, y, argmax):
 
 def _max_pool_2x2_nhwc_backward(gy, argmax, gx):
     """The backward of ``_max_pool_2x2_nhwc``: gx (N, H, W, C) = gy at each window's argmax,
-    0 elsewhere.  The windows do not overlap, so every pixel is written once, with a select."""
+    0 elsewhere (everywhere in a window whose argmax is -1, see ``_max_pool_2x2_epilogue``).
+    The windows do not overlap, so every pixel is written once, with a select."""
     N, H, W, C = gx.shape
     Ho, Wo = gy.shape[1], gy.shape[2]
     for n in range(N):
@@ -191,33 +192,68 @@ def _fill_planes(gy, gx):
             gx[_u(p), _u(i)] = g
 
 
-def _max_pool_2x2_epilogue(pre, scale, shift, res, lo, hi, y):
-    """A convolution's inference epilogue with the pooling after it: y = 2x2 max pooling
-    (stride 2, floor) of act(pre·scale + shift + res), act the clamp to [lo, hi] (ReLU:
-    [0, inf)), all channels-last: pre, res (n, H, W, C) (res may be empty), y (n, H // 2,
-    W // 2, C); scale, shift (C,) float64.  The activation runs before the max because
-    the scale may be negative; a NaN wins, as in ``_max_pool_2x2_nhwc``."""
+def _max_pool_2x2_epilogue(pre, scale, shift, res, lo, hi, y, argmax, gate):
+    """A convolution's epilogue with the pooling after it: y = 2x2 max pooling (stride 2,
+    floor) of act(pre·scale + shift + res), act the clamp to [lo, hi] (ReLU: [0, inf)),
+    all channels-last: pre, res (n, H, W, C) (res may be empty), y (n, H // 2, W // 2, C);
+    scale, shift (C,) float64.  The activation runs before the max because the scale may
+    be negative; a NaN wins, as in ``_max_pool_2x2_nhwc``.
+
+    For training, ``argmax`` (y's shape, int32; empty: not wanted) gets each window's
+    winner as ``_max_pool_2x2_nhwc`` gives it (h·W + w), or -1 where ``gate`` and the
+    winner is clamped (not lo < y < hi, NaN included): the activation passes no gradient
+    there, as ReLU's and ReLU6's backward (dy/dx = [lo < x < hi]), so the pooling's
+    backward (``_max_pool_2x2_nhwc_backward``) writes 0 for that window.
+
+    Without a residual and with every scale > 0, the epilogue is non-decreasing in pre (so
+    is its rounding), so it runs on each window's maximum only: the same y, and the same
+    winners where the gradient passes (with scale 1 and shift 0, as in training, the
+    epilogue is exact up to the clamp)."""
+    record = argmax.size > 0
+    first = res.size == 0
+    for c in range(scale.shape[0]):
+        first = first and scale[c] > 0
     for i in range(pre.shape[0]):
-        if res.size > 0:
-            pooled_image(pre[i], scale, shift, res[i], lo, hi, y[i], True)
+        if first and record:
+            pooled_image(pre[i], scale, shift, res, lo, hi, y[i], argmax[i], gate, False, True, True)
+        elif first:
+            pooled_image(pre[i], scale, shift, res, lo, hi, y[i], argmax, gate, False, False, True)
+        elif res.size > 0 and record:
+            pooled_image(pre[i], scale, shift, res[i], lo, hi, y[i], argmax[i], gate, True, True, False)
+        elif res.size > 0:
+            pooled_image(pre[i], scale, shift, res[i], lo, hi, y[i], argmax, gate, True, False, False)
+        elif record:
+            pooled_image(pre[i], scale, shift, res, lo, hi, y[i], argmax[i], gate, False, True, False)
         else:
-            pooled_image(pre[i], scale, shift, res, lo, hi, y[i], False)
+            pooled_image(pre[i], scale, shift, res, lo, hi, y[i], argmax, gate, False, False, False)
 
 
-def _pooled_image(pre, scale, shift, res, lo, hi, y, add):
-    """One image of max_pool_2x2_epilogue, adding res if ``add`` (a literal: the loops stay branch-free)."""
+def _pooled_image(pre, scale, shift, res, lo, hi, y, argmax, gate, add, record, first):
+    """One image of max_pool_2x2_epilogue, adding res if ``add``, writing argmax if
+    ``record``, and with ``first`` the epilogue on each window's maximum only (literals:
+    the loops stay branch-free)."""
     Ho, Wo, C = y.shape
+    W = pre.shape[1]
     for oh in range(Ho):
         for ow in range(Wo):
+            base = 2 * oh * W + 2 * ow
             for c in range(C):
                 c_ = _u(c)
                 best = 0.0
+                arg = base
                 for k in range(4):
                     h, w = _u(2 * oh + k // 2), _u(2 * ow + k % 2)
-                    v = epilogue(np.float64(pre[h, w, c_]) * scale[c_] + shift[c_],
-                                 np.float64(res[h, w, c_]) if add else 0.0, lo, hi)
-                    best = v if k == 0 or v > best or v != v else best
+                    v = np.float64(pre[h, w, c_])
+                    if not first:
+                        v = epilogue(v * scale[c_] + shift[c_], np.float64(res[h, w, c_]) if add else 0.0, lo, hi)
+                    take = k == 0 or v > best or v != v
+                    best = v if take else best
+                    arg = base + (k // 2) * W + k % 2 if take else arg
+                if first:
+                    best = epilogue(best * scale[c_] + shift[c_], 0.0, lo, hi)
                 y[_u(oh), _u(ow), c_] = best
+                if record:
+                    argmax[_u(oh), _u(ow), c_] = arg if not gate or lo < best < hi else -1
 
 
 pooled_image = njit(cache=True, inline="always")(_pooled_image)
