@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 
-from harness import ROOT, revision, thread_env
+from harness import ROOT, revision, revision_since, thread_env
 from machine import SGEMM_SIZE, describe, markdown_header, slug
 from train_throughput import TORCH_FORMATS, malloc_env
 
@@ -172,7 +172,7 @@ def main(argv=None):
     order = [("minicnn", None)] + [("torch", fmt) for fmt in formats]
 
     machine = describe(args.threads, sgemm_size=args.sgemm_size)
-    load_before = os.getloadavg()[0]
+    load_before, start = os.getloadavg()[0], revision()
     if args.warmup:
         for fw, fmt in order[:2]:
             print(f"warm-up {fw:8s} {run_program(fw, common + ['--epochs', '1'], args.threads, fmt)['wall_s']:6.1f} s",
@@ -188,7 +188,7 @@ def main(argv=None):
     load = (load_before, os.getloadavg()[0])
     summary = summarize(runs, formats)
     command = " ".join(["python benchmarks/end_to_end.py", *(argv if argv is not None else sys.argv[1:])])
-    rev = revision()
+    rev = revision_since(start)
     tuned = sorted({str(r["malloc_tuned"]) for fmt in formats for r in runs[f"torch_{fmt}"]})
     setup = (f"`{command}` at minicnn {rev}: {args.pairs} alternating process pairs, medians; ratios are "
              f"medians of the pairs' torch / minicnn, torch at its best (the faster of "

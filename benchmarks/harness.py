@@ -59,3 +59,10 @@ def revision():
         return (head + ("+changes" if changed else "")) or "unknown"
     except OSError:
         return "unknown"
+
+
+def revision_since(start):
+    """``start`` (``revision()`` when a run began) if the checkout is the same now, else both:
+    the run's later processes may have run the changed tree."""
+    now = revision()
+    return start if now == start else f"{start} at the start, {now} at the end"

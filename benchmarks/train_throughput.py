@@ -57,7 +57,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 
-from harness import ROOT, median_seconds, revision, run_python, thread_env  # noqa: E402
+from harness import ROOT, median_seconds, revision, revision_since, run_python, thread_env  # noqa: E402
 
 EVAL_BATCH = 256
 # name -> (input shape, training batch, optimizer)
@@ -397,9 +397,9 @@ def main(argv=None):
     sys.path.insert(1, ROOT)  # this parent reads the FLOPs and malloc settings of the tree its workers run
     from machine import describe, slug
     info = describe(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before, start = os.getloadavg()[0], revision()
     results = {name: measure_model(name, args) for name in args.models}
-    load, rev = (load_before, os.getloadavg()[0]), revision()
+    load, rev = (load_before, os.getloadavg()[0]), revision_since(start)
     tuned = all(r["malloc_tuned"] for m in results.values() for fw, rs in m["runs"].items() if fw != "torch"
                 for r in rs)
     setup = (f"minicnn {rev}, {args.threads} threads per framework, {args.pairs} alternating pairs "

@@ -182,3 +182,13 @@ def test_a_process_given_malloc_env_runs_with_minicnns_settings(bench):
         pytest.skip("not glibc: its malloc settings cannot be probed")
     assert untuned == "False"
     assert tuned(bench.tt.malloc_env()) == "True"
+
+
+def test_a_run_names_the_checkout_it_started_on_and_any_change_during_it(bench, monkeypatch):
+    """The results name the revision of the run's start; if the checkout changed before the
+    end (the later worker processes ran other code), they say so."""
+    import harness
+    seen = iter(["abc1234", "abc1234", "def5678+changes"])
+    monkeypatch.setattr(harness, "revision", lambda: next(seen))
+    assert harness.revision_since(harness.revision()) == "abc1234"
+    assert harness.revision_since("abc1234") == "abc1234 at the start, def5678+changes at the end"
