@@ -89,7 +89,7 @@ class ChunkedConv(Function):
         y = np.empty((N,) + y_hw + (O,) if cls.channels_last_output else (N, O) + y_hw, x.dtype)
         bias = EMPTY[x.dtype][1] if b is None else np.ascontiguousarray(b)
         weights = cls.prepare(plan, w, b, post)
-        # The pooled windows' winners, for the backward pass (which needs them, as ctx says).
+        # The pooled windows' winners: the backward pass routes the pooled gradient through them.
         ctx.pool_argmax = None
         if post is not None and post[4] and any(ctx.needs_input_grad):
             ctx.pool_argmax = np.empty(y.shape, np.int32)
