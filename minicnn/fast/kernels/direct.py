@@ -165,9 +165,9 @@ def _pad_image(src, top, left, Hp, Wp, xp):
 
 def _direct_conv(src, wd, bias, sh, sw, top, left, dh, dw, xp, acc, y):
     """y (n, Ho, Wo, O) = bias + the convolution of src (n, H, W, C) with wd (kh, kw, C, Op),
-    all NHWC / channels last; Op = O rounded up to LANES (zero weights past O).  ``top``,
-    ``left``: the padding (negative: cropped); bias (O,) or empty.  Scratch: xp flat, at
-    least Hp·Wp·C (``padded_shape``), acc (2·PIXELS·LANES,).
+    all NHWC / channels last, y contiguous; Op = O rounded up to LANES (zero weights past
+    O).  ``top``, ``left``: the padding (negative: cropped); bias (O,) or empty.  Scratch:
+    xp flat, at least Hp·Wp·C (``padded_shape``), acc (2·PIXELS·LANES,).
 
     Each block of 2·LANES accumulators per pixel is either 2·LANES output channels, or
     (with LANES-wide blocks, stride and dilation 1) LANES channels of two output rows: an
@@ -176,7 +176,7 @@ def _direct_conv(src, wd, bias, sh, sw, top, left, dh, dw, xp, acc, y):
     kh, kw, _, Op = wd.shape
     Ho, Wo, O = y.shape[1], y.shape[2], y.shape[3]
     Hp, Wp = padded_shape(Ho, Wo, kh, kw, sh, sw, dh, dw)
-    wf = wd.reshape(-1)
+    wf, yf = wd.reshape(-1), y.reshape(-1)
     has_bias = bias.shape[0] > 0
     # Without dilation a kernel row's taps (j, c) are kw·C consecutive values: one block call.
     span, calls = (kw * C, 1) if dw == 1 else (C, kw)
@@ -210,11 +210,19 @@ def _direct_conv(src, wd, bias, sh, sw, top, left, dh, dw, xp, acc, y):
                             for j in range(calls):
                                 block(wide, xp, row + j * dw * C, sw * C, 1, wf, ((i * kw + j) * C) * Op + ob, Op,
                                       LANES, span, acc, 0, 2 * LANES, LANES)
+                    # Flat contiguous runs with the bias test outside them, so that LLVM vectorizes
+                    # the copy: thin layers spend much of their time here (docs/performance.md, "Direct").
+                    no = min(width, O - ob)
                     for t in range(2 if two else 1):
                         for p in range(min(PIXELS, Wo - ow0)):
-                            for o in range(min(width, O - ob)):
-                                v = acc[_u(p * 2 * LANES + t * LANES + o)]
-                                y[_u(b), _u(oh + t), _u(ow0 + p), _u(ob + o)] = v + bias[ob + o] if has_bias else v
+                            y0 = ((b * Ho + oh + t) * Wo + ow0 + p) * O + ob
+                            a0 = p * 2 * LANES + t * LANES
+                            if has_bias:
+                                for o in range(no):
+                                    yf[_u(y0 + o)] = acc[_u(a0 + o)] + bias[_u(ob + o)]
+                            else:
+                                for o in range(no):
+                                    yf[_u(y0 + o)] = acc[_u(a0 + o)]
 
 
 def _direct_weight_grad(xh, gh, kw, sh, sw, top, left, dh, dw, xp, gp, gw):
