@@ -184,8 +184,9 @@ _WHAT = {"conv": None, "bn+relu": "bn+relu in one pass", "relu+maxpool": "relu, 
 
 def _match(layers, i):
     """(end, kind) of the run of ``layers`` that may run fused from ``i`` (kind a key of
-    _WHAT), or (i + 1, None).  A convolution's run is only fused in eval mode (forward
-    checks); otherwise its layers after the convolution match on their own."""
+    _WHAT), or (i + 1, None).  Whether a convolution's run fuses depends on the mode
+    (forward asks ``_folds_into``); where it does not, its layers after the convolution
+    match on their own."""
     a, b, c = (layers[i:i + 3] + [None, None])[:3]
     if type(a) is Conv2d and not a._forward_hooks:
         end = i + 1

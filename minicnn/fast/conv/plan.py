@@ -44,7 +44,10 @@ class Plan:
         self.kernel_args = (self.groups, self.kh, self.kw, sh, sw, pt, pl, dh, dw, Ho, Wo)
         self.dtype = w.dtype
         self.nb = chunk_images(self.N, (self.K * self.L if per_image is None else per_image) * w.itemsize)
-        self.n_chunks = -(-self.N // self.nb)
+
+    @property
+    def n_chunks(self):
+        return -(-self.N // self.nb)
 
     def images(self, k):
         return slice(k * self.nb, min((k + 1) * self.nb, self.N))

@@ -66,7 +66,6 @@ class ChunkedConv(Function):
         chunk = getattr(ctx, "chunk_images", None)
         if chunk:
             plan.nb = min(chunk, max(plan.N, 1))
-            plan.n_chunks = -(-plan.N // plan.nb)
         return plan
 
     @classmethod
